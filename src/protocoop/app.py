@@ -1,0 +1,64 @@
+"""The application factory: routers, error handlers and middleware — nothing else."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from protocoop import __version__
+from protocoop.auth.router import router as api_keys_router
+from protocoop.communities.router import router as communities_router
+from protocoop.config import Settings, get_settings
+from protocoop.db import Database, migrate
+from protocoop.http import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
+from protocoop.idempotency import InFlight
+from protocoop.members.router import router as members_router
+from protocoop.ops import router as ops_router
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+A mutual-credit exchange ledger for cooperatives, timebanks and associations.
+
+Every exchange is recorded as balanced, append-only, hash-chained entries; every community's
+balances sum to zero; credit limits are enforced by the database. Authenticate with
+`Authorization: Bearer <token>`. Errors are RFC 9457 problem documents with a stable `code`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A protocoop ASGI application for `settings` (by default, from the environment)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.auto_migrate:
+            migrate.upgrade(settings.database_url)
+        db = Database(settings)
+        app.state.db = db
+        try:
+            yield
+        finally:
+            db.dispose()
+
+    app = FastAPI(
+        title="protocoop",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.in_flight = InFlight()
+    app.state.known_communities = set()
+    app.state.head_revisions = migrate.head_revisions()
+
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+
+    for router in (ops_router, communities_router, members_router, api_keys_router):
+        app.include_router(router)
+    return app

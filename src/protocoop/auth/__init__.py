@@ -1,0 +1,1 @@
+"""API keys, roles and the permission dependencies routes are declared with."""

@@ -1,0 +1,67 @@
+"""`/v1/api-keys`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from fastapi import APIRouter, Request, Response
+from sqlalchemy.orm import Session
+
+from protocoop.auth import service
+from protocoop.auth.deps import DatabaseDep, KeyManager
+from protocoop.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
+from protocoop.idempotency import GLOBAL_SCOPE, IdempotencyDep, respond
+from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
+from protocoop.responses import Rendered, problem_responses, render
+from protocoop.schemas import Page
+
+router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ApiKeyCreated,
+    responses=problem_responses(401, 403, 404, 409, 422, 503),
+)
+def create_key(
+    spec: ApiKeyCreate, principal: KeyManager, idempotency: IdempotencyDep, request: Request
+) -> Response:
+    """Create a key (admin; a treasurer: app and auditor keys of its community). The `token` is
+    in this answer only. A retry with the same Idempotency-Key gets the key without its token."""
+
+    def work(session: Session) -> Rendered:
+        created = service.create_key(
+            session,
+            role=spec.role,
+            community_id=spec.community,
+            label=spec.label,
+            created_by=principal,
+        )
+        without_token = render(201, ApiKeyPublic(**created.model_dump(exclude={"token"})))
+        return replace(render(201, created), remembered_body=without_token.body)
+
+    scope = spec.community or principal.community_id or GLOBAL_SCOPE
+    return respond(request, scope, idempotency, work)
+
+
+@router.get("", response_model=Page[ApiKeyPublic], responses=problem_responses(401, 403, 422))
+def list_keys(
+    principal: KeyManager, db: DatabaseDep, limit: LimitQuery = 50, cursor: CursorQuery = None
+) -> Page[ApiKeyPublic]:
+    """Keys without their tokens: all for an admin, its community's for a treasurer."""
+    position = decode_cursor(cursor, expect=("after",))
+    with db.read() as session:
+        return service.list_keys(
+            session,
+            visible_to=principal,
+            after=position["after"] if position else None,
+            limit=limit,
+        )
+
+
+@router.delete("/{key_id}", status_code=204, responses=problem_responses(401, 403, 404, 503))
+def revoke_key(key_id: str, principal: KeyManager, db: DatabaseDep) -> Response:
+    """Revoke a key; it stops working from the next request."""
+    db.run_write(lambda session: service.revoke_key(session, key_id, by=principal))
+    return Response(status_code=204)

@@ -1,0 +1,1 @@
+"""Communities: the isolated mutual-credit ledgers protocoop hosts."""

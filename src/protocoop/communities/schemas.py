@@ -1,0 +1,60 @@
+"""Community documents."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, Strict, StringConstraints
+
+from protocoop.schemas import (
+    CommunityId,
+    LowerLimit,
+    Name,
+    RequestModel,
+    ResponseModel,
+    Timestamp,
+    UpperLimit,
+)
+
+UnitCode = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_]{0,15}$"), Strict()]
+
+
+class Unit(RequestModel):
+    """The unit of account. Amounts are integers in 10^-scale of it (scale 2: cents)."""
+
+    code: UnitCode = Field(examples=["HOUR"])
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    scale: Annotated[int, Strict(), Field(ge=0, le=6)] = 0
+
+
+class CommunityCreate(RequestModel):
+    id: CommunityId = Field(examples=["riverside-timebank"])
+    name: Name
+    unit: Unit
+    default_lower_limit: LowerLimit = Field(
+        description="Lower limit (<= 0, minor units) for members created without one."
+    )
+    default_upper_limit: UpperLimit | None = Field(
+        default=None, description="Upper limit (>= 0) for new members; null means no cap."
+    )
+
+
+class CommunityUpdate(RequestModel):
+    """Fields to change; absent fields stay. Default limits apply to members created later."""
+
+    name: Name | None = None
+    default_lower_limit: LowerLimit | None = None
+    default_upper_limit: UpperLimit | None = None
+    status: Literal["active", "suspended"] | None = Field(
+        default=None, description="Admin only. A suspended community records no new exchanges."
+    )
+
+
+class CommunityPublic(ResponseModel):
+    id: str
+    name: str
+    unit: Unit
+    default_lower_limit: int
+    default_upper_limit: int | None
+    status: str
+    created_at: Timestamp

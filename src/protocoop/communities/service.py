@@ -1,0 +1,110 @@
+"""Creating, reading and changing communities."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from protocoop.auth.roles import Principal, Role
+from protocoop.clock import utc_now
+from protocoop.communities.schemas import CommunityCreate, CommunityPublic, CommunityUpdate, Unit
+from protocoop.db.models import Account, Community, LedgerHead
+from protocoop.errors import AlreadyExists, Forbidden, NotFound, ValidationFailed
+from protocoop.pagination import encode_cursor
+from protocoop.schemas import Page
+
+COMMONS = "@commons"
+"""The community fund: a system account every community has."""
+
+
+def public(community: Community) -> CommunityPublic:
+    return CommunityPublic(
+        id=community.id,
+        name=community.name,
+        unit=Unit(code=community.unit_code, name=community.unit_name, scale=community.unit_scale),
+        default_lower_limit=community.default_lower_limit,
+        default_upper_limit=community.default_upper_limit,
+        status=community.status,
+        created_at=community.created_at,
+    )
+
+
+def create_community(session: Session, spec: CommunityCreate) -> CommunityPublic:
+    """A new community with an empty ledger and its `@commons` fund (which cannot go below 0)."""
+    if session.get(Community, spec.id) is not None:
+        raise AlreadyExists(f"Community {spec.id!r} already exists.")
+    now = utc_now()
+    community = Community(
+        id=spec.id,
+        name=spec.name,
+        unit_code=spec.unit.code,
+        unit_name=spec.unit.name,
+        unit_scale=spec.unit.scale,
+        default_lower_limit=spec.default_lower_limit,
+        default_upper_limit=spec.default_upper_limit,
+        status="active",
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(community)
+    try:
+        session.flush()
+    except IntegrityError as error:
+        raise AlreadyExists(f"Community {spec.id!r} already exists.") from error
+    session.add(LedgerHead(community_id=spec.id, last_seq=0))
+    session.add(
+        Account(
+            community_id=spec.id,
+            id=COMMONS,
+            kind="system",
+            balance=0,
+            lower_limit=0,
+            upper_limit=None,
+            reserved_debit=0,
+            reserved_credit=0,
+            created_at=now,
+        )
+    )
+    session.flush()
+    return public(community)
+
+
+def get_community(session: Session, community_id: str, *, lock: bool = False) -> Community:
+    community = session.get(Community, community_id, with_for_update=lock)
+    if community is None:
+        raise NotFound(f"Community {community_id!r} not found.")
+    return community
+
+
+def list_communities(
+    session: Session, *, visible_to: Principal | None, after: str | None, limit: int
+) -> Page[CommunityPublic]:
+    """Communities in id order: all for admins (and the command line), its own for other keys."""
+    query = select(Community).order_by(Community.id).limit(limit + 1)
+    if visible_to is not None and visible_to.community_id is not None:
+        query = query.where(Community.id == visible_to.community_id)
+    if after is not None:
+        query = query.where(Community.id > after)
+    rows = list(session.scalars(query))
+    next_cursor = encode_cursor({"after": rows[limit - 1].id}) if len(rows) > limit else None
+    return Page(items=[public(c) for c in rows[:limit]], next_cursor=next_cursor)
+
+
+def update_community(
+    session: Session, community_id: str, changes: CommunityUpdate, *, by: Principal | None
+) -> CommunityPublic:
+    """Apply a PATCH. Only admins change `status`; default limits affect future members only."""
+    community = get_community(session, community_id, lock=True)
+    fields = changes.model_fields_set
+    if "status" in fields and by is not None and by.role is not Role.ADMIN:
+        raise Forbidden("Only an admin may suspend or reactivate a community.")
+    for required in ("name", "default_lower_limit", "status"):
+        if required in fields and getattr(changes, required) is None:
+            raise ValidationFailed([{"loc": ["body", required], "msg": "may not be null"}])
+    for field in ("name", "default_lower_limit", "default_upper_limit", "status"):
+        if field in fields:
+            setattr(community, field, getattr(changes, field))
+    community.updated_at = utc_now()
+    session.flush()
+    return public(community)

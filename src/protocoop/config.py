@@ -1,0 +1,56 @@
+"""Settings, read from `PROTOCOOP_*` environment variables and an optional `.env` file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SqliteSynchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+
+class Settings(BaseSettings):
+    """How one protocoop process is configured."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PROTOCOOP_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    database_url: str = "sqlite:///./protocoop.db"
+    """SQLAlchemy URL: `sqlite:///path` (embedded) or `postgresql+psycopg://user@host/db`."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    auto_migrate: bool | None = None
+    """Migrate to head when serving; defaults to true for SQLite and false otherwise."""
+    sqlite_synchronous: SqliteSynchronous = "FULL"
+    """SQLite `PRAGMA synchronous`; FULL makes every acknowledged write survive a power cut."""
+    sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
+    """How long a SQLite writer waits for the write lock before answering 503."""
+    db_pool_size: int = Field(default=10, ge=1)
+    db_statement_timeout_ms: int = Field(default=10_000, ge=0)
+    """PostgreSQL statement timeout; 0 disables it. A request never hangs past this."""
+    db_connect_timeout_s: int = Field(default=5, ge=1)
+    db_retry_attempts: int = Field(default=5, ge=1)
+    """Deadlocks and serialization failures are retried this many times before 503."""
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    idempotency_retention_hours: int = Field(default=48, ge=24)
+    """Idempotency keys are remembered at least this long (the spec asks for >= 24 h)."""
+
+    @model_validator(mode="after")
+    def _default_auto_migrate(self) -> Settings:
+        if self.auto_migrate is None:
+            self.auto_migrate = self.is_sqlite
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings()

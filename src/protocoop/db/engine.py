@@ -1,0 +1,171 @@
+"""Engines, sessions and transactions for SQLite (embedded) and PostgreSQL (production).
+
+Two ways into the database:
+- `Database.read()`: a snapshot. On PostgreSQL a READ ONLY REPEATABLE READ transaction; on SQLite a
+  deferred `BEGIN` (WAL readers see one snapshot until they end).
+- `Database.write()` / `Database.run_write()`: a read-write transaction that commits once. On SQLite it
+  starts with `BEGIN IMMEDIATE`, taking the write lock up front so two writers never deadlock on a
+  lock upgrade; on PostgreSQL, deadlocks and serialization failures are retried a bounded number of
+  times. A database that cannot be reached, or a lock not granted in time, becomes `Unavailable`
+  (503), which clients may retry with the same Idempotency-Key.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from protocoop.config import Settings
+from protocoop.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+_SQLITE_BEGIN = "protocoop_sqlite_begin"
+
+
+def make_engine(settings: Settings, *, pooled: bool = True) -> Engine:
+    """An engine for `settings.database_url` with protocoop's connection setup."""
+    url = settings.database_url
+    kwargs: dict[str, Any] = {}
+    if not pooled:
+        kwargs["poolclass"] = NullPool
+    if settings.is_sqlite:
+        kwargs["connect_args"] = {
+            "timeout": settings.sqlite_busy_timeout_ms / 1000,
+            "check_same_thread": False,
+        }
+        if pooled:
+            kwargs["pool_size"] = settings.db_pool_size
+            kwargs["max_overflow"] = 2 * settings.db_pool_size
+        engine = create_engine(url, **kwargs)
+        _configure_sqlite(engine, settings)
+        return engine
+
+    options = "-c timezone=UTC"
+    if settings.db_statement_timeout_ms:
+        options += f" -c statement_timeout={settings.db_statement_timeout_ms}"
+        options += f" -c lock_timeout={settings.db_statement_timeout_ms}"
+    kwargs["connect_args"] = {"connect_timeout": settings.db_connect_timeout_s, "options": options}
+    if pooled:
+        kwargs.update(
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_pool_size,
+            pool_timeout=settings.db_connect_timeout_s,
+            pool_pre_ping=True,
+        )
+    return create_engine(url, **kwargs)
+
+
+def _configure_sqlite(engine: Engine, settings: Settings) -> None:
+    """Take transaction control away from pysqlite (which would begin lazily, before the first
+    write only) and set the pragmas a ledger needs on every new connection."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={int(settings.sqlite_busy_timeout_ms)}")
+            cursor.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        mode = connection.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def write_engine(engine: Engine) -> Engine:
+    """The same engine (sharing its pool) configured for read-write transactions."""
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+    return engine.execution_options(isolation_level="READ COMMITTED")
+
+
+def read_engine(engine: Engine) -> Engine:
+    """The same engine (sharing its pool) configured for consistent read-only snapshots."""
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(**{_SQLITE_BEGIN: "DEFERRED"})
+    return engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+
+
+def is_retryable(error: DBAPIError) -> bool:
+    """A deadlock or serialization failure: the transaction may simply be run again."""
+    return getattr(error.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES
+
+
+def as_unavailable(error: DBAPIError) -> Exception:
+    """The error to show a client for a database failure that is not its fault."""
+    if isinstance(error, IntegrityError):
+        return error
+    return Unavailable(detail="The database is unavailable; retry with the same Idempotency-Key.")
+
+
+class Database:
+    """The process's database: one engine and pool, two transaction flavours."""
+
+    def __init__(self, settings: Settings, *, pooled: bool = True) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings, pooled=pooled)
+        self.dialect = self.engine.dialect.name
+        self._reader = sessionmaker(read_engine(self.engine), expire_on_commit=False)
+        self._writer = sessionmaker(write_engine(self.engine), expire_on_commit=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only snapshot transaction; database failures become `Unavailable`."""
+        try:
+            with self._reader() as session, session.begin():
+                yield session
+        except DBAPIError as error:
+            raise as_unavailable(error) from error
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """One read-write transaction, committed when the block ends without error."""
+        try:
+            with self._writer() as session, session.begin():
+                yield session
+        except DBAPIError as error:
+            if is_retryable(error) or isinstance(error, IntegrityError):
+                raise
+            raise as_unavailable(error) from error
+
+    def run_write(self, work: Callable[[Session], T]) -> T:
+        """Run `work` in a write transaction, retrying deadlocks and serialization failures."""
+        attempts = self.settings.db_retry_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.write() as session:
+                    return work(session)
+            except DBAPIError as error:
+                if not is_retryable(error):
+                    raise
+                if attempt == attempts:
+                    raise as_unavailable(error) from error
+                log.info("retrying transaction after %s (attempt %d)", error.orig, attempt)
+                time.sleep(random.uniform(0, 0.005 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    def dispose(self) -> None:
+        self.engine.dispose()

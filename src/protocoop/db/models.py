@@ -1,0 +1,322 @@
+"""protocoop's tables.
+
+Global tables (`communities`, `api_keys`) are small and would be reference tables on a sharded
+cluster. Every other table belongs to one community: `community_id` is the first column of its
+primary key and of every unique constraint, and its foreign keys to other community tables include
+`community_id`, so a community's rows can live together on one shard (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from protocoop.db.base import Base, JSONDocument
+from protocoop.money import MAX_AMOUNT, MAX_BALANCE
+
+GENESIS_HASH = "0" * 64
+"""The `prev_hash` of a community's first exchange."""
+
+SLUG = String(63)
+HASH = String(64)
+EXCHANGE_ID = String(36)
+KEY_ID = String(32)
+
+
+class Community(Base):
+    """One mutual-credit ledger: an isolated tenant with its own unit and members."""
+
+    __tablename__ = "communities"
+    __table_args__ = (
+        CheckConstraint("unit_scale >= 0 AND unit_scale <= 6", name="unit_scale_range"),
+        CheckConstraint("default_lower_limit <= 0", name="default_lower_limit_nonpositive"),
+        CheckConstraint(
+            "default_upper_limit IS NULL OR default_upper_limit >= 0",
+            name="default_upper_limit_nonnegative",
+        ),
+        CheckConstraint("status IN ('active', 'suspended')", name="status_known"),
+    )
+
+    id: Mapped[str] = mapped_column(SLUG, primary_key=True)
+    """The community's slug, `[a-z0-9][a-z0-9-]{1,62}`."""
+    name: Mapped[str] = mapped_column(String(200))
+    """Display name."""
+    unit_code: Mapped[str] = mapped_column(String(16))
+    """Short code of the unit of account, e.g. `HOUR`."""
+    unit_name: Mapped[str] = mapped_column(String(100))
+    """Display name of the unit, e.g. `hour`."""
+    unit_scale: Mapped[int] = mapped_column(SmallInteger)
+    """Amounts are integers in 10^-scale of the unit (0..6)."""
+    default_lower_limit: Mapped[int] = mapped_column(BigInteger)
+    """Lower limit (<= 0, minor units) given to members created without one."""
+    default_upper_limit: Mapped[int | None] = mapped_column(BigInteger)
+    """Upper limit (>= 0, minor units) given to new members; null means no cap."""
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    """`active`, or `suspended` (no new exchanges)."""
+    created_at: Mapped[datetime]
+    """When the community was created (UTC)."""
+    updated_at: Mapped[datetime]
+    """When the community was last changed (UTC)."""
+
+
+class LedgerHead(Base):
+    """The tip of a community's ledger: the row every posting locks to assign `seq` and extend
+    the hash chain, so postings in one community are serialized and gap-free."""
+
+    __tablename__ = "ledger_heads"
+    __table_args__ = (CheckConstraint("last_seq >= 0", name="last_seq_nonnegative"),)
+
+    community_id: Mapped[str] = mapped_column(
+        SLUG, ForeignKey("communities.id"), primary_key=True
+    )
+    """The community whose ledger this is."""
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    """`seq` of the latest completed exchange (0 before the first)."""
+    last_hash: Mapped[str] = mapped_column(HASH, default=GENESIS_HASH)
+    """`hash` of the latest completed exchange (64 zeros before the first)."""
+    last_created_at: Mapped[datetime | None]
+    """`created_at` of the latest exchange; later ones never get an earlier time."""
+
+
+class Account(Base):
+    """The ledger side of a member, or a system account such as `@commons`.
+
+    The database itself keeps the balance inside the limits (invariant 4), counting what pending
+    exchanges have reserved.
+    """
+
+    __tablename__ = "accounts"
+    __table_args__ = (
+        CheckConstraint("kind IN ('member', 'system')", name="kind_known"),
+        CheckConstraint("(kind = 'system') = (id LIKE '@%')", name="system_ids_start_with_at"),
+        CheckConstraint("lower_limit <= 0", name="lower_limit_nonpositive"),
+        CheckConstraint("upper_limit IS NULL OR upper_limit >= 0", name="upper_limit_nonnegative"),
+        CheckConstraint(
+            "reserved_debit >= 0 AND reserved_credit >= 0", name="reservations_nonnegative"
+        ),
+        CheckConstraint("balance - reserved_debit >= lower_limit", name="within_lower_limit"),
+        CheckConstraint(
+            "upper_limit IS NULL OR balance + reserved_credit <= upper_limit",
+            name="within_upper_limit",
+        ),
+        CheckConstraint(
+            f"balance >= {-MAX_BALANCE} AND balance + reserved_credit <= {MAX_BALANCE}",
+            name="balance_bounded",
+        ),
+    )
+
+    community_id: Mapped[str] = mapped_column(
+        SLUG, ForeignKey("communities.id"), primary_key=True
+    )
+    """The community the account belongs to."""
+    id: Mapped[str] = mapped_column(SLUG, primary_key=True)
+    """The member's id, or `@name` for a system account."""
+    kind: Mapped[str] = mapped_column(String(16))
+    """`member` or `system`."""
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Sum of the account's entries, minor units; positive = has given more than received."""
+    lower_limit: Mapped[int] = mapped_column(BigInteger)
+    """The lowest balance allowed (<= 0, minor units)."""
+    upper_limit: Mapped[int | None] = mapped_column(BigInteger)
+    """The highest balance allowed (>= 0, minor units); null = no cap."""
+    reserved_debit: Mapped[int] = mapped_column(BigInteger, default=0)
+    """What pending exchanges will take from the balance (>= 0)."""
+    reserved_credit: Mapped[int] = mapped_column(BigInteger, default=0)
+    """What pending exchanges will add to the balance (>= 0)."""
+    created_at: Mapped[datetime]
+    """When the account was opened (UTC)."""
+
+
+class Member(Base):
+    """A person or organization taking part in one community."""
+
+    __tablename__ = "members"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["community_id", "id"], ["accounts.community_id", "accounts.id"]
+        ),
+        CheckConstraint("kind IN ('person', 'organization')", name="kind_known"),
+        CheckConstraint("status IN ('active', 'suspended', 'closed')", name="status_known"),
+    )
+
+    community_id: Mapped[str] = mapped_column(
+        SLUG, ForeignKey("communities.id"), primary_key=True
+    )
+    """The member's community."""
+    id: Mapped[str] = mapped_column(SLUG, primary_key=True)
+    """Slug unique in the community; also the id of the member's account."""
+    name: Mapped[str] = mapped_column(String(200))
+    """Display name."""
+    kind: Mapped[str] = mapped_column(String(16))
+    """`person` or `organization`."""
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    """`active`, `suspended` (no new exchanges) or `closed` (balance 0, for good)."""
+    created_at: Mapped[datetime]
+    """When the member joined (UTC)."""
+    updated_at: Mapped[datetime]
+    """When the member was last changed (UTC)."""
+
+
+class ApiKey(Base):
+    """A bearer token's record: only the SHA-256 of the token is kept."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        CheckConstraint("role IN ('admin', 'treasurer', 'app', 'auditor')", name="role_known"),
+        CheckConstraint(
+            "(role = 'admin') = (community_id IS NULL)", name="only_admin_is_global"
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(KEY_ID, primary_key=True)
+    """Public identifier of the key (safe to show and log)."""
+    token_hash: Mapped[str] = mapped_column(HASH, unique=True)
+    """Hex SHA-256 of the bearer token."""
+    prefix: Mapped[str] = mapped_column(String(16))
+    """The token's first characters, to recognise it in listings."""
+    role: Mapped[str] = mapped_column(String(16))
+    """`admin`, `treasurer`, `app` or `auditor`."""
+    community_id: Mapped[str | None] = mapped_column(SLUG, ForeignKey("communities.id"))
+    """The one community the key may see; null for admin keys."""
+    label: Mapped[str | None] = mapped_column(String(200))
+    """Free text saying who or what holds the key."""
+    created_at: Mapped[datetime]
+    """When the key was made (UTC)."""
+    created_by: Mapped[str | None] = mapped_column(KEY_ID)
+    """Id of the key that made it; null when made from the command line."""
+    revoked_at: Mapped[datetime | None]
+    """When the key was revoked; a revoked key authenticates nothing."""
+
+
+class Exchange(Base):
+    """A completed exchange: `provider` gave `amount` worth to `receiver`. Append-only."""
+
+    __tablename__ = "exchanges"
+    __table_args__ = (
+        UniqueConstraint("community_id", "seq"),
+        UniqueConstraint("community_id", "external_id"),
+        UniqueConstraint("community_id", "reverses"),
+        ForeignKeyConstraint(
+            ["community_id", "provider"], ["accounts.community_id", "accounts.id"]
+        ),
+        ForeignKeyConstraint(
+            ["community_id", "receiver"], ["accounts.community_id", "accounts.id"]
+        ),
+        ForeignKeyConstraint(
+            ["community_id", "reverses"], ["exchanges.community_id", "exchanges.id"]
+        ),
+        CheckConstraint("seq > 0", name="seq_positive"),
+        CheckConstraint(f"amount > 0 AND amount <= {MAX_AMOUNT}", name="amount_range"),
+        CheckConstraint("provider <> receiver", name="distinct_parties"),
+        CheckConstraint("length(description) >= 1", name="description_nonempty"),
+        Index(None, "community_id", "created_at"),
+    )
+
+    community_id: Mapped[str] = mapped_column(
+        SLUG, ForeignKey("communities.id"), primary_key=True
+    )
+    """The community whose ledger records the exchange."""
+    id: Mapped[str] = mapped_column(EXCHANGE_ID, primary_key=True)
+    """UUID of the exchange."""
+    seq: Mapped[int] = mapped_column(BigInteger)
+    """Position in the community's ledger: 1, 2, 3... gap-free, in commit order."""
+    provider: Mapped[str] = mapped_column(SLUG)
+    """Account that gave the service or resource; its entry is +amount."""
+    receiver: Mapped[str] = mapped_column(SLUG)
+    """Account that received it; its entry is -amount."""
+    amount: Mapped[int] = mapped_column(BigInteger)
+    """Value exchanged, minor units, 1..10^15."""
+    description: Mapped[str] = mapped_column(String(500))
+    """What was exchanged (for a reversal: the reason)."""
+    category: Mapped[str | None] = mapped_column(String(100))
+    """Optional free classification (e.g. `gardening`)."""
+    external_id: Mapped[str | None] = mapped_column(String(200))
+    """The posting app's own id; unique in the community, a permanent guard against doubles."""
+    occurred_at: Mapped[datetime | None]
+    """When the exchange happened, as the app says (UTC)."""
+    created_at: Mapped[datetime]
+    """When it was recorded (UTC, microseconds); never earlier than the previous exchange's."""
+    reverses: Mapped[str | None] = mapped_column(EXCHANGE_ID)
+    """Id of the exchange this one reverses; an exchange is reversed at most once."""
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONDocument)
+    """The app's JSON object (<= 4 KiB), stored as given, not hashed."""
+    created_by: Mapped[str | None] = mapped_column(KEY_ID, ForeignKey("api_keys.id"))
+    """Id of the API key that posted it."""
+    prev_hash: Mapped[str] = mapped_column(HASH)
+    """`hash` of the previous exchange in the community (64 zeros for seq 1)."""
+    hash: Mapped[str] = mapped_column(HASH)
+    """sha256_hex(prev_hash + canonical bytes of this exchange and its entries)."""
+
+
+class Entry(Base):
+    """One posting of an exchange to one account. Append-only."""
+
+    __tablename__ = "entries"
+    __table_args__ = (
+        UniqueConstraint("community_id", "account_id", "seq"),
+        ForeignKeyConstraint(
+            ["community_id", "exchange_id"], ["exchanges.community_id", "exchanges.id"]
+        ),
+        ForeignKeyConstraint(
+            ["community_id", "account_id"], ["accounts.community_id", "accounts.id"]
+        ),
+        CheckConstraint("amount <> 0", name="amount_nonzero"),
+    )
+
+    community_id: Mapped[str] = mapped_column(
+        SLUG, ForeignKey("communities.id"), primary_key=True
+    )
+    """The community of the exchange."""
+    exchange_id: Mapped[str] = mapped_column(EXCHANGE_ID, primary_key=True)
+    """The exchange the entry belongs to."""
+    account_id: Mapped[str] = mapped_column(SLUG, primary_key=True)
+    """The account posted to."""
+    seq: Mapped[int] = mapped_column(BigInteger)
+    """The exchange's `seq` (copied here so balances as of any seq are one index probe)."""
+    amount: Mapped[int] = mapped_column(BigInteger)
+    """Signed change to the account, minor units: +amount for the provider, -amount for the
+    receiver."""
+    balance_after: Mapped[int] = mapped_column(BigInteger)
+    """The account's balance right after this entry, in commit order."""
+
+
+class IdempotencyRecord(Base):
+    """The stored first response to a POST made with an `Idempotency-Key`.
+
+    Written in the same transaction as the change it answers for, so neither exists without the
+    other. `community_id` is '' for requests outside any community (e.g. creating admin keys).
+    """
+
+    __tablename__ = "idempotency_records"
+    __table_args__ = (Index(None, "created_at"),)
+
+    community_id: Mapped[str] = mapped_column(SLUG, primary_key=True)
+    """The community the request was about ('' for global requests)."""
+    api_key_id: Mapped[str] = mapped_column(KEY_ID, ForeignKey("api_keys.id"), primary_key=True)
+    """Keys are scoped to the API key that sent them."""
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    """The client's `Idempotency-Key` header."""
+    request_hash: Mapped[str] = mapped_column(HASH)
+    """SHA-256 of method, path and canonical JSON body: a reused key must carry the same body."""
+    status_code: Mapped[int] = mapped_column(Integer)
+    """HTTP status of the first response."""
+    content_type: Mapped[str] = mapped_column(String(100))
+    """Content type of the first response."""
+    response_body: Mapped[str] = mapped_column(Text)
+    """Body of the first response, replayed byte for byte."""
+    created_at: Mapped[datetime]
+    """When the first response was given; records live at least 24 h."""

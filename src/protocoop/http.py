@@ -1,0 +1,182 @@
+"""HTTP plumbing: the RFC 9457 rendering of every error, and the middleware every request passes."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from protocoop.errors import (
+    PROBLEM_CONTENT_TYPE,
+    Forbidden,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ProblemError,
+    Unavailable,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from protocoop.responses import render_problem
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _problem(error: ProblemError) -> Response:
+    return render_problem(error).to_response()
+
+
+async def _on_problem(_: Request, error: Exception) -> Response:
+    assert isinstance(error, ProblemError)
+    return _problem(error)
+
+
+async def _on_validation(request: Request, error: Exception) -> Response:
+    assert isinstance(error, RequestValidationError)
+    content_type = request.headers.get("content-type", "")
+    if request.method in ("POST", "PATCH", "PUT") and "json" not in content_type.lower():
+        return _problem(
+            ValidationFailed(
+                [{"loc": ["header", "Content-Type"], "msg": "the body must be JSON, sent with "
+                  "`Content-Type: application/json`", "type": "content_type"}]
+            )
+        )
+    errors = [
+        {"loc": list(item.get("loc", ())), "msg": item.get("msg", "invalid"), "type": item.get("type")}
+        for item in error.errors()
+    ]
+    return _problem(ValidationFailed(errors))
+
+
+_HTTP_STATUS_PROBLEMS: dict[int, type[ProblemError]] = {
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+}
+
+
+async def _on_http_exception(_: Request, error: Exception) -> Response:
+    assert isinstance(error, StarletteHTTPException)
+    problem_class = _HTTP_STATUS_PROBLEMS.get(error.status_code)
+    if problem_class is not None:
+        return _problem(problem_class())
+    if error.status_code == 400:  # an unreadable body: the client's mistake, said the same way
+        return _problem(ValidationFailed([{"loc": ["body"], "msg": str(error.detail)}]))
+    if error.status_code >= 500:
+        return _problem(Unavailable())
+    body = {**ProblemError(str(error.detail)).body(), "status": error.status_code}
+    return Response(orjson.dumps(body), error.status_code, media_type=PROBLEM_CONTENT_TYPE)
+
+
+async def _on_database_error(_: Request, error: Exception) -> Response:
+    log.error("database error reached the edge: %s", error)
+    return _problem(
+        Unavailable("The database could not complete the request; retry with the same key.")
+    )
+
+
+async def _on_unexpected(_: Request, error: Exception) -> Response:
+    log.exception("unexpected error", exc_info=error)
+    return _problem(InternalError("An unexpected error occurred; it has been logged."))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error, whatever raised it, leaves as `application/problem+json` with a `code`."""
+    app.add_exception_handler(ProblemError, _on_problem)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(DBAPIError, _on_database_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over `max_bytes` with 413 before the application reads them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = PayloadTooLarge(f"Request bodies are limited to {self.max_bytes} bytes.")
+        await render_problem(limit).to_response(Connection="close")(scope, receive, send)
+
+
+class RequestIdMiddleware:
+    """Give every request an id (or keep a sane one the client sent) and return it in
+    `X-Request-Id`, so a client's report can be matched with the server's logs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, REQUEST_ID_HEADER.lower().encode())
+        request_id = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+

@@ -1,0 +1,1 @@
+"""Members of a community and their accounts' limits."""

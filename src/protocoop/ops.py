@@ -1,0 +1,43 @@
+"""Liveness, readiness and metrics: what an orchestrator and Prometheus ask."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from protocoop.db import migrate
+from protocoop.errors import Unavailable
+from protocoop.responses import problem_responses
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is alive (says nothing about the database)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses=problem_responses(503))
+def readyz(request: Request) -> dict[str, str]:
+    """200 when the database answers and its schema is at the latest migration, else 503."""
+    db = request.app.state.db
+    try:
+        with db.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        current = migrate.current_revisions(db.engine)
+    except Exception as error:
+        raise Unavailable("The database does not answer.") from error
+    if current != request.app.state.head_revisions:
+        raise Unavailable(
+            f"The database schema is at {sorted(current) or 'nothing'}, not at the latest "
+            "migration; run `protocoop db upgrade`."
+        )
+    return {"status": "ready"}
+
+
+@router.get("/metrics", response_class=Response)
+def metrics() -> Response:
+    """Prometheus text exposition."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

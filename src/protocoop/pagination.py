@@ -1,0 +1,42 @@
+"""Cursor pagination: `?limit=` (1..1000, default 50) and an opaque `cursor` from `next_cursor`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Annotated, Any
+
+from fastapi import Query
+
+from protocoop.errors import ValidationFailed
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+
+LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page (1..1000).")]
+CursorQuery = Annotated[
+    str | None, Query(max_length=2048, description="`next_cursor` of the previous page.")
+]
+
+
+def encode_cursor(position: dict[str, Any]) -> str:
+    """An opaque token for `position` (clients must not rely on its contents)."""
+    raw = json.dumps(position, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, *, expect: tuple[str, ...]) -> dict[str, Any] | None:
+    """The position inside `cursor`, or None for the first page; a damaged cursor is a 422."""
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        position = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        position = None
+    if not isinstance(position, dict) or set(position) != set(expect):
+        raise ValidationFailed(
+            [{"loc": ["query", "cursor"], "msg": "not a cursor this list gave out"}]
+        )
+    return position

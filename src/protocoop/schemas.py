@@ -1,0 +1,84 @@
+"""Types shared by the API's request and response schemas.
+
+Validation is strict where money is concerned: an amount or limit must be a JSON integer; `"7"`,
+`7.0` and `true` are refused. Request bodies refuse unknown fields.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    Strict,
+    StringConstraints,
+)
+
+from protocoop.clock import rfc3339
+from protocoop.money import MAX_AMOUNT, MAX_LIMIT
+
+COMMUNITY_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
+MEMBER_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+ACCOUNT_ID_PATTERN = r"^@?[a-z0-9][a-z0-9-]{0,61}$"
+
+CommunityId = Annotated[str, StringConstraints(pattern=COMMUNITY_ID_PATTERN), Strict()]
+MemberId = Annotated[str, StringConstraints(pattern=MEMBER_ID_PATTERN), Strict()]
+AccountId = Annotated[str, StringConstraints(pattern=ACCOUNT_ID_PATTERN), Strict()]
+"""A member id, or a system account id such as `@commons`."""
+
+Amount = Annotated[int, Strict(), Field(gt=0, le=MAX_AMOUNT)]
+"""A positive amount in minor units, at most 10^15."""
+LowerLimit = Annotated[int, Strict(), Field(ge=-MAX_LIMIT, le=0)]
+"""A lower credit limit in minor units: 0 or below, at most 10^15 below."""
+UpperLimit = Annotated[int, Strict(), Field(ge=0, le=MAX_LIMIT)]
+"""An upper credit limit in minor units: 0 or above, at most 10^15."""
+
+
+def _reject_non_string(value: Any) -> Any:
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an RFC 3339 date-time string")
+    return value
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_reject_non_string),
+    AfterValidator(_to_utc),
+    PlainSerializer(rfc3339, return_type=str, when_used="json"),
+]
+"""An RFC 3339 date-time with an offset, normalised to UTC; written back as `...Z`."""
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), Strict()]
+
+
+class RequestModel(BaseModel):
+    """A request body: unknown fields are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResponseModel(BaseModel):
+    """A response document."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+ItemT = TypeVar("ItemT")
+
+
+class Page(BaseModel, Generic[ItemT]):
+    """One page of a list; pass `next_cursor` back as `cursor` for the next one (null: no more)."""
+
+    items: list[ItemT]
+    next_cursor: str | None = None
