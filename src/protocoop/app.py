@@ -15,6 +15,7 @@ from protocoop.config import Settings, get_settings
 from protocoop.db import Database, migrate
 from protocoop.http import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
 from protocoop.idempotency import InFlight
+from protocoop.ledger.router import router as exchanges_router
 from protocoop.members.router import router as members_router
 from protocoop.ops import router as ops_router
 
@@ -59,6 +60,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
 
-    for router in (ops_router, communities_router, members_router, api_keys_router):
+    for router in (
+        ops_router,
+        communities_router,
+        members_router,
+        exchanges_router,
+        api_keys_router,
+    ):
         app.include_router(router)
     return app

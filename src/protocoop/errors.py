@@ -25,14 +25,14 @@ class ProblemError(Exception):
         self.extra = extra
 
     def body(self) -> dict[str, Any]:
-        """The problem document."""
+        """The problem document (extra members never replace the standard ones)."""
         return {
+            **self.extra,
             "type": PROBLEM_TYPE_BASE + self.code,
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
             "code": self.code,
-            **self.extra,
         }
 
     def headers(self) -> dict[str, str]:

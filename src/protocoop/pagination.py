@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import Query
 
 from protocoop.errors import ValidationFailed
+from protocoop.schemas import is_storable_text
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
@@ -27,7 +28,9 @@ def encode_cursor(position: dict[str, Any]) -> str:
 
 
 def decode_cursor(cursor: str | None, *, expect: tuple[str, ...]) -> dict[str, Any] | None:
-    """The position inside `cursor`, or None for the first page; a damaged cursor is a 422."""
+    """The position inside `cursor`, or None for the first page; a damaged cursor is a 422.
+
+    Positions hold short strings and integers only."""
     if cursor is None:
         return None
     try:
@@ -35,8 +38,20 @@ def decode_cursor(cursor: str | None, *, expect: tuple[str, ...]) -> dict[str, A
         position = json.loads(raw)
     except (binascii.Error, ValueError, UnicodeDecodeError):
         position = None
-    if not isinstance(position, dict) or set(position) != set(expect):
+    if (
+        not isinstance(position, dict)
+        or set(position) != set(expect)
+        or not all(_plain(value) for value in position.values())
+    ):
         raise ValidationFailed(
             [{"loc": ["query", "cursor"], "msg": "not a cursor this list gave out"}]
         )
     return position
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return 0 <= value < 2**63
+    return isinstance(value, str) and len(value) <= 255 and is_storable_text(value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
+from fastapi import Path
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -19,6 +20,7 @@ from pydantic import (
     PlainSerializer,
     Strict,
     StringConstraints,
+    model_validator,
 )
 
 from protocoop.clock import rfc3339
@@ -32,6 +34,14 @@ CommunityId = Annotated[str, StringConstraints(pattern=COMMUNITY_ID_PATTERN), St
 MemberId = Annotated[str, StringConstraints(pattern=MEMBER_ID_PATTERN), Strict()]
 AccountId = Annotated[str, StringConstraints(pattern=ACCOUNT_ID_PATTERN), Strict()]
 """A member id, or a system account id such as `@commons`."""
+
+EXCHANGE_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+MemberPath = Annotated[
+    str, Path(pattern=ACCOUNT_ID_PATTERN, description="A member id, or a system account (@commons).")
+]
+ExchangePath = Annotated[str, Path(pattern=EXCHANGE_ID_PATTERN, description="An exchange id.")]
+KeyPath = Annotated[str, Path(pattern=r"^key_[0-9a-f]{16}$", description="An API key id.")]
 
 Amount = Annotated[int, Strict(), Field(gt=0, le=MAX_AMOUNT)]
 """A positive amount in minor units, at most 10^15."""
@@ -62,10 +72,41 @@ Timestamp = Annotated[
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), Strict()]
 
 
+def is_storable_text(value: str) -> bool:
+    """Text both databases can store: valid UTF-8 (no lone surrogates) and no NUL character."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _refuse_unstorable_text(value: Any) -> Any:
+    if isinstance(value, str):
+        if not is_storable_text(value):
+            raise ValueError("text must be valid UTF-8 without NUL characters")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_unstorable_text(key)
+            _refuse_unstorable_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_unstorable_text(item)
+    return value
+
+
 class RequestModel(BaseModel):
-    """A request body: unknown fields are an error, not silently ignored."""
+    """A request body: unknown fields are an error, not silently ignored, and every string in it
+    must be text the databases can store."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        return _refuse_unstorable_text(data)
 
 
 class ResponseModel(BaseModel):

@@ -7,6 +7,7 @@ something gets 403.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Annotated
 
@@ -18,7 +19,9 @@ from protocoop.auth.roles import ADMINS, MANAGERS, OVERSEERS, POSTERS, READERS, 
 from protocoop.db import Database
 from protocoop.db.models import Community
 from protocoop.errors import Forbidden, NotFound, Unauthorized
+from protocoop.schemas import COMMUNITY_ID_PATTERN
 
+_COMMUNITY_ID = re.compile(COMMUNITY_ID_PATTERN)
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer pcp_...`")
 
 
@@ -82,7 +85,11 @@ def in_community(roles: frozenset[Role]) -> Callable[..., Principal]:
         db: DatabaseDep,
         community_id: Annotated[str, Path(max_length=63)],
     ) -> Principal:
-        if not principal.sees(community_id) or not community_exists(request, db, community_id):
+        if (
+            not principal.sees(community_id)
+            or not _COMMUNITY_ID.match(community_id)
+            or not community_exists(request, db, community_id)
+        ):
             raise NotFound(f"Community {community_id!r} not found.")
         if principal.role not in roles:
             raise Forbidden(f"The {principal.role.value} role may not do this.")

@@ -13,7 +13,7 @@ from protocoop.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
 from protocoop.idempotency import GLOBAL_SCOPE, IdempotencyDep, respond
 from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
 from protocoop.responses import Rendered, problem_responses, render
-from protocoop.schemas import Page
+from protocoop.schemas import KeyPath, Page
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 
@@ -61,7 +61,7 @@ def list_keys(
 
 
 @router.delete("/{key_id}", status_code=204, responses=problem_responses(401, 403, 404, 503))
-def revoke_key(key_id: str, principal: KeyManager, db: DatabaseDep) -> Response:
+def revoke_key(key_id: KeyPath, principal: KeyManager, db: DatabaseDep) -> Response:
     """Revoke a key; it stops working from the next request."""
     db.run_write(lambda session: service.revoke_key(session, key_id, by=principal))
     return Response(status_code=204)

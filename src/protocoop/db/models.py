@@ -26,10 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from protocoop.db.base import Base, JSONDocument
+from protocoop.ledger.chain import GENESIS_HASH
 from protocoop.money import MAX_AMOUNT, MAX_BALANCE
-
-GENESIS_HASH = "0" * 64
-"""The `prev_hash` of a community's first exchange."""
 
 SLUG = String(63)
 HASH = String(64)

@@ -12,7 +12,7 @@ from protocoop.members import service
 from protocoop.members.schemas import MemberCreate, MemberPublic, MemberStatus, MemberUpdate
 from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
 from protocoop.responses import problem_responses, render
-from protocoop.schemas import Page
+from protocoop.schemas import MemberPath, Page
 
 router = APIRouter(prefix="/v1/communities/{community_id}/members", tags=["members"])
 
@@ -61,7 +61,7 @@ def list_members(
 
 
 @router.get("/{member_id}", response_model=MemberPublic, responses=problem_responses(401, 404))
-def get_member(community_id: str, member_id: str, _: Reader, db: DatabaseDep) -> MemberPublic:
+def get_member(community_id: str, member_id: MemberPath, _: Reader, db: DatabaseDep) -> MemberPublic:
     with db.read() as session:
         return service.get_member(session, community_id, member_id)
 
@@ -72,7 +72,7 @@ def get_member(community_id: str, member_id: str, _: Reader, db: DatabaseDep) ->
     responses=problem_responses(401, 403, 404, 409, 422, 503),
 )
 def update_member(
-    community_id: str, member_id: str, changes: MemberUpdate, _: Manager, db: DatabaseDep
+    community_id: str, member_id: MemberPath, changes: MemberUpdate, _: Manager, db: DatabaseDep
 ) -> MemberPublic:
     """Change name, status or limits (treasurer). Limits must keep the balance inside."""
     return db.run_write(

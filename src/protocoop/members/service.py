@@ -139,7 +139,7 @@ def update_member(
         if required in fields and getattr(changes, required) is None:
             raise ValidationFailed([{"loc": ["body", required], "msg": "may not be null"}])
     if member.status == "closed" and fields:
-        raise InvalidState("A closed member cannot be changed.", status="closed")
+        raise InvalidState("A closed member cannot be changed.", current_status="closed")
 
     if "lower_limit" in fields or "upper_limit" in fields:
         lower = changes.lower_limit if "lower_limit" in fields else account.lower_limit

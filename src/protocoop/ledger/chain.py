@@ -1,0 +1,94 @@
+"""The hash chain (invariant 5): anyone can recompute it to prove no history was altered.
+
+The canonical bytes of an exchange are the UTF-8 JSON, with sorted keys and no whitespace, of
+`{community, seq, id, provider, receiver, amount, description, category, external_id, reverses,
+created_at, entries}`, where `created_at` is RFC 3339 UTC with microseconds and a `Z`, and
+`entries` is `[{account, amount, balance_after}]` sorted by account.
+`hash = sha256_hex(prev_hash + canonical)`; the first exchange's `prev_hash` is 64 zeros.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from protocoop.clock import rfc3339
+
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class ChainEntry:
+    """One posting as the chain sees it."""
+
+    account: str
+    amount: int
+    balance_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChainedExchange:
+    """The fields of an exchange the chain covers (metadata and occurred_at are not covered)."""
+
+    community: str
+    seq: int
+    id: str
+    provider: str
+    receiver: str
+    amount: int
+    description: str
+    category: str | None
+    external_id: str | None
+    reverses: str | None
+    created_at: datetime
+    entries: tuple[ChainEntry, ...]
+
+
+def canonical_bytes(exchange: ChainedExchange) -> bytes:
+    """The exchange as the exact bytes that are hashed."""
+    document = {
+        "community": exchange.community,
+        "seq": exchange.seq,
+        "id": exchange.id,
+        "provider": exchange.provider,
+        "receiver": exchange.receiver,
+        "amount": exchange.amount,
+        "description": exchange.description,
+        "category": exchange.category,
+        "external_id": exchange.external_id,
+        "reverses": exchange.reverses,
+        "created_at": rfc3339(exchange.created_at),
+        "entries": [
+            {"account": e.account, "amount": e.amount, "balance_after": e.balance_after}
+            for e in sorted(exchange.entries, key=lambda e: e.account)
+        ],
+    }
+    return json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
+
+
+def chain_hash(prev_hash: str, exchange: ChainedExchange) -> str:
+    """`sha256_hex(prev_hash + canonical bytes)`: the exchange's link in the chain."""
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical_bytes(exchange)).hexdigest()
+
+
+def verify_chain(exchanges: Iterable[tuple[ChainedExchange, str, str]]) -> list[str]:
+    """Walk `(exchange, prev_hash, hash)` in seq order from seq 1; returns what does not hold."""
+    problems: list[str] = []
+    expected_prev = GENESIS_HASH
+    expected_seq = 1
+    for exchange, prev_hash, stored_hash in exchanges:
+        if exchange.seq != expected_seq:
+            problems.append(f"seq {exchange.seq} found where {expected_seq} was expected")
+            expected_seq = exchange.seq
+        if prev_hash != expected_prev:
+            problems.append(f"seq {exchange.seq}: prev_hash does not match the previous hash")
+        if chain_hash(prev_hash, exchange) != stored_hash:
+            problems.append(f"seq {exchange.seq}: hash does not match its contents")
+        expected_prev = stored_hash
+        expected_seq += 1
+    return problems

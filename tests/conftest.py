@@ -1,0 +1,229 @@
+"""Fixtures that run every API test on SQLite (a temporary file) and on PostgreSQL (a database
+created for this test session and dropped after it).
+
+PostgreSQL comes from `PROTOCOOP_TEST_POSTGRES_URL`, a URL of a server where the user may create
+databases (e.g. `postgresql+psycopg://postgres@127.0.0.1:5432/postgres`). Without it the
+PostgreSQL half is skipped, except under `CI=true`, where its absence fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from protocoop.app import create_app
+from protocoop.auth import service as keys_service
+from protocoop.auth.roles import Role
+from protocoop.config import Settings
+from protocoop.db import Database, migrate
+from protocoop.db.base import Base
+
+POSTGRES_ENV = "PROTOCOOP_TEST_POSTGRES_URL"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if IN_CI and not os.environ.get(POSTGRES_ENV):
+        raise pytest.UsageError(f"CI=true but {POSTGRES_ENV} is not set: PostgreSQL tests must run")
+
+
+# --- databases ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file that each test copies (much faster than migrating per test)."""
+    path = tmp_path_factory.mktemp("template") / "protocoop.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres)")
+    return url
+
+
+def create_postgres_database(server_url: str) -> str:
+    """Create an empty database named protocoop_test_<random>; returns its URL."""
+    name = f"protocoop_test_{secrets.token_hex(6)}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres_database(server_url: str, database_url: str) -> None:
+    name = make_url(database_url).database
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """A migrated PostgreSQL database for this test session, emptied before each test."""
+    url = create_postgres_database(postgres_server_url)
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        drop_postgres_database(postgres_server_url, url)
+
+
+def _truncate_postgres(url: str) -> None:
+    tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Which database the test runs on."""
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty, migrated database of the test's backend."""
+    if backend == "sqlite":
+        path = tmp_path / "protocoop.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_url")
+    _truncate_postgres(url)
+    return url
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, auto_migrate=False, _env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    """Direct database access for arranging and inspecting, beside the API."""
+    database = Database(settings)
+    yield database
+    database.dispose()
+
+
+# --- the API -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app(settings: Settings) -> Any:
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: Any) -> Iterator[TestClient]:
+    """An unauthenticated client; see `api` for one that sends a key."""
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+class Api:
+    """A test client that authenticates as one key: `api.as_(token)` switches keys."""
+
+    def __init__(self, client: TestClient, token: str | None) -> None:
+        self.client = client
+        self.token = token
+
+    def as_(self, token: str | None) -> Api:
+        return Api(self.client, token)
+
+    def _headers(self, headers: dict[str, str] | None) -> dict[str, str]:
+        merged = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        merged.update(headers or {})
+        return merged
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        kwargs["headers"] = self._headers(kwargs.get("headers"))
+        return self.client.request(method, path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs)
+
+    def patch(self, path: str, **kwargs: Any) -> Any:
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        return self.request("DELETE", path, **kwargs)
+
+
+def make_key(db: Database, role: Role, community: str | None = None) -> str:
+    """A fresh token of `role`, made as the command line would."""
+    return db.run_write(
+        lambda session: keys_service.create_key(
+            session, role=role, community_id=community, label=f"test {role.value}", created_by=None
+        )
+    ).token
+
+
+@pytest.fixture
+def admin_token(db: Database) -> str:
+    return make_key(db, Role.ADMIN)
+
+
+@pytest.fixture
+def api(client: TestClient, admin_token: str) -> Api:
+    """The API as an admin."""
+    return Api(client, admin_token)
+
+
+def create_community(api: Api, community_id: str = "riverside", **fields: Any) -> dict[str, Any]:
+    body = {
+        "id": community_id,
+        "name": fields.pop("name", community_id.title()),
+        "unit": fields.pop("unit", {"code": "HOUR", "name": "hour", "scale": 0}),
+        "default_lower_limit": fields.pop("default_lower_limit", -100),
+        **fields,
+    }
+    response = api.post("/v1/communities", json=body)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def create_member(api: Api, community_id: str, member_id: str, **fields: Any) -> dict[str, Any]:
+    body = {"id": member_id, "name": fields.pop("name", member_id.title()), **fields}
+    response = api.post(f"/v1/communities/{community_id}/members", json=body)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+@pytest.fixture
+def community(api: Api) -> dict[str, Any]:
+    """A community `riverside` (default lower limit -100, no upper cap) with members alice,
+    bob and carol."""
+    created = create_community(api)
+    for member in ("alice", "bob", "carol"):
+        create_member(api, "riverside", member)
+    return created
+
+
+@pytest.fixture
+def keys(db: Database, community: dict[str, Any]) -> dict[str, str]:
+    """A token of every role for `riverside`, plus `admin`."""
+    tokens = {role.value: make_key(db, role, "riverside") for role in Role if role is not Role.ADMIN}
+    tokens["admin"] = make_key(db, Role.ADMIN)
+    return tokens
