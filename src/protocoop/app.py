@@ -9,7 +9,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from protocoop import __version__
+from protocoop.audit.router import router as audit_router
 from protocoop.auth.router import router as api_keys_router
+from protocoop.balances.router import router as balances_router
 from protocoop.communities.router import router as communities_router
 from protocoop.config import Settings, get_settings
 from protocoop.db import Database, migrate
@@ -65,6 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         communities_router,
         members_router,
         exchanges_router,
+        balances_router,
+        audit_router,
         api_keys_router,
     ):
         app.include_router(router)

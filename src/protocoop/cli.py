@@ -16,6 +16,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DBAPIError
 
+from protocoop.audit import service as audit_service
 from protocoop.auth import service as keys_service
 from protocoop.auth.roles import Role
 from protocoop.communities import service as communities_service
@@ -331,6 +332,52 @@ def members_list(community: CommunityOption, as_json: JsonOption = False) -> Non
     _print_rows(
         rows, ["id", "name", "kind", "status", "balance", "lower_limit", "upper_limit"], as_json
     )
+
+
+# --- check -------------------------------------------------------------------------------------
+
+
+@app.command()
+def check(
+    community: Annotated[
+        str | None, typer.Option("--community", "-c", help="Only this community.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Audit every community's ledger (invariants 1-5); exit 1 when any problem is found."""
+
+    def audit_all(session: Any) -> list[tuple[str, Any]]:
+        if community is not None:
+            communities_service.get_community(session, community)
+            ids = [community]
+        else:
+            ids = [
+                c.id
+                for c in _every(
+                    lambda after: communities_service.list_communities(
+                        session, visible_to=None, after=after, limit=MAX_LIMIT
+                    )
+                )
+            ]
+        return [(cid, audit_service.audit_community(session, cid)) for cid in ids]
+
+    reports = _read(audit_all)
+    if as_json:
+        typer.echo(
+            json.dumps({cid: report.model_dump(mode="json") for cid, report in reports}, indent=2)
+        )
+    else:
+        for cid, report in reports:
+            if report.ok:
+                typer.echo(f"{cid}: ok ({report.checked_exchanges} exchanges checked)")
+            else:
+                first = report.problems[0]
+                typer.echo(
+                    f"{cid}: PROBLEMS ({len(report.problems)}): invariant {first.invariant} "
+                    f"{first.code}: {first.detail}"
+                )
+    if not all(report.ok for _, report in reports):
+        raise typer.Exit(EXIT_REFUSED)
 
 
 def main() -> None:  # pragma: no cover - `python -m protocoop`

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -76,19 +76,21 @@ def chain_hash(prev_hash: str, exchange: ChainedExchange) -> str:
     return hashlib.sha256(prev_hash.encode("ascii") + canonical_bytes(exchange)).hexdigest()
 
 
-def verify_chain(exchanges: Iterable[tuple[ChainedExchange, str, str]]) -> list[str]:
-    """Walk `(exchange, prev_hash, hash)` in seq order from seq 1; returns what does not hold."""
-    problems: list[str] = []
+def verify_chain(
+    links: Iterable[tuple[ChainedExchange, str, str]],
+) -> Iterator[tuple[int, str, str]]:
+    """Walk `(exchange, prev_hash, hash)` in seq order from seq 1 and yield `(seq, code, detail)`
+    for every link that does not hold: a gap in `seq`, a `prev_hash` that is not the previous
+    exchange's hash, or a hash that does not match the exchange's contents."""
     expected_prev = GENESIS_HASH
     expected_seq = 1
-    for exchange, prev_hash, stored_hash in exchanges:
+    for exchange, prev_hash, stored_hash in links:
         if exchange.seq != expected_seq:
-            problems.append(f"seq {exchange.seq} found where {expected_seq} was expected")
+            yield exchange.seq, "seq_gap", f"seq {exchange.seq} found where {expected_seq} was due"
             expected_seq = exchange.seq
         if prev_hash != expected_prev:
-            problems.append(f"seq {exchange.seq}: prev_hash does not match the previous hash")
+            yield exchange.seq, "broken_link", "prev_hash is not the previous exchange's hash"
         if chain_hash(prev_hash, exchange) != stored_hash:
-            problems.append(f"seq {exchange.seq}: hash does not match its contents")
+            yield exchange.seq, "hash_mismatch", "hash does not match the exchange's contents"
         expected_prev = stored_hash
         expected_seq += 1
-    return problems

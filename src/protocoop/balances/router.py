@@ -1,0 +1,186 @@
+"""Balances, statements and the trial balance under `/v1/communities/{community_id}`."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterable, Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+
+from protocoop.auth.deps import DatabaseDep, Overseer, Reader
+from protocoop.balances import service
+from protocoop.balances.schemas import BalancePublic, BalancesPage, Statement, TrialBalance
+from protocoop.db import Database
+from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
+from protocoop.responses import problem_responses
+from protocoop.schemas import MemberPath, Timestamp
+
+router = APIRouter(prefix="/v1/communities/{community_id}", tags=["balances"])
+
+CSV_MEDIA_TYPE = "text/csv"
+CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {CSV_MEDIA_TYPE: {"schema": {"type": "string"}}}}
+}
+AS_OF_SEQ_HEADER = "X-As-Of-Seq"
+
+SeqQuery = Annotated[int | None, Query(ge=0, lt=2**63)]
+
+
+def wants_csv(request: Request) -> bool:
+    """Whether the client asked for CSV (`Accept: text/csv`)."""
+    return CSV_MEDIA_TYPE in request.headers.get("accept", "")
+
+
+def csv_response(
+    db: Database,
+    header: list[str],
+    rows: Callable[[Session], Iterable[list[Any]]],
+    filename: str,
+    headers: dict[str, str] | None = None,
+) -> StreamingResponse:
+    """Stream `rows` as CSV from their own read transaction, in chunks."""
+
+    def generate() -> Iterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(header)
+        with db.read() as session:
+            for row in rows(session):
+                writer.writerow(row)
+                if buffer.tell() > 64 * 1024:
+                    yield buffer.getvalue()
+                    buffer.seek(0)
+                    buffer.truncate()
+        yield buffer.getvalue()
+
+    return StreamingResponse(
+        generate(),
+        media_type=f"{CSV_MEDIA_TYPE}; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"', **(headers or {})},
+    )
+
+
+@router.get(
+    "/members/{member_id}/balance",
+    response_model=BalancePublic,
+    responses=problem_responses(401, 404, 422),
+)
+def get_balance(
+    community_id: str,
+    member_id: MemberPath,
+    _: Reader,
+    db: DatabaseDep,
+    as_of: Annotated[Timestamp | None, Query(description="A past time (RFC 3339).")] = None,
+    as_of_seq: SeqQuery = None,
+) -> BalancePublic:
+    """The balance and the room left within the limits, now or at a past time or `seq`."""
+    with db.read() as session:
+        return service.member_balance(
+            session, community_id, member_id, as_of=as_of, as_of_seq=as_of_seq
+        )
+
+
+@router.get(
+    "/balances",
+    response_model=BalancesPage,
+    responses={**problem_responses(401, 403, 404, 422), **CSV_RESPONSE},
+)
+def list_balances(
+    community_id: str,
+    request: Request,
+    _: Overseer,
+    db: DatabaseDep,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
+) -> Any:
+    """Every account's balance as one consistent snapshot: every page is at the first page's
+    `as_of_seq`, and `sum` (over the whole snapshot) is 0. `Accept: text/csv` gives it all."""
+    position = decode_cursor(cursor, expect=("as_of_seq", "after"))
+    if wants_csv(request):
+        with db.read() as session:
+            seq = service.head_seq(session, community_id)
+        return csv_response(
+            db,
+            ["account", "kind", "balance", "lower_limit", "upper_limit"],
+            lambda session: (
+                [b.account, b.kind, b.balance, b.lower_limit, b.upper_limit]
+                for b in service.every_balance(session, community_id, seq)
+            ),
+            f"{community_id}-balances-{seq}.csv",
+            {AS_OF_SEQ_HEADER: str(seq)},
+        )
+    with db.read() as session:
+        return service.balances_page(
+            session,
+            community_id,
+            as_of_seq=position["as_of_seq"] if position else None,
+            after=position["after"] if position else None,
+            limit=limit,
+        )
+
+
+@router.get(
+    "/members/{member_id}/statement",
+    response_model=Statement,
+    responses={**problem_responses(401, 404, 422), **CSV_RESPONSE},
+)
+def get_statement(
+    community_id: str,
+    member_id: MemberPath,
+    request: Request,
+    _: Reader,
+    db: DatabaseDep,
+    since: Annotated[Timestamp | None, Query(description="Window start (inclusive).")] = None,
+    until: Annotated[Timestamp | None, Query(description="Window end (exclusive).")] = None,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
+) -> Any:
+    """The member's entries in [since, until) with running balance, opening and closing
+    balance. `Accept: text/csv` gives the whole window."""
+    position = decode_cursor(cursor, expect=("from_seq", "to_seq", "after_seq"))
+    with db.read() as session:
+        if position:
+            from_seq, to_seq = position["from_seq"], position["to_seq"]
+        else:
+            from_seq, to_seq = service.statement_window(session, community_id, since, until)
+        if not wants_csv(request):
+            return service.statement(
+                session,
+                community_id,
+                member_id,
+                from_seq=from_seq,
+                to_seq=to_seq,
+                after_seq=position["after_seq"] if position else None,
+                limit=limit,
+            )
+        service.require_account(session, community_id, member_id)
+    return csv_response(
+        db,
+        ["seq", "exchange_id", "created_at", "counterparty", "description", "amount", "balance_after"],
+        lambda session: (
+            [
+                line.seq,
+                line.exchange_id,
+                line.model_dump(mode="json")["created_at"],
+                line.counterparty,
+                line.description,
+                line.amount,
+                line.balance_after,
+            ]
+            for line in service.statement_lines(session, community_id, member_id, from_seq, to_seq)
+        ),
+        f"{community_id}-{member_id}-statement.csv",
+    )
+
+
+@router.get(
+    "/trial-balance", response_model=TrialBalance, responses=problem_responses(401, 403, 404)
+)
+def get_trial_balance(community_id: str, _: Overseer, db: DatabaseDep) -> TrialBalance:
+    """Totals of all balances at the head: positive, negative and their sum (0)."""
+    with db.read() as session:
+        return service.trial_balance(session, community_id)
