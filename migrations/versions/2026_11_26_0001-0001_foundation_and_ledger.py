@@ -173,9 +173,6 @@ def upgrade() -> None:
             name=op.f("fk_exchanges_community_id_reverses_exchanges"),
         ),
         sa.ForeignKeyConstraint(
-            ["community_id"], ["communities.id"], name=op.f("fk_exchanges_community_id_communities")
-        ),
-        sa.ForeignKeyConstraint(
             ["created_by"], ["api_keys.id"], name=op.f("fk_exchanges_created_by_api_keys")
         ),
         sa.PrimaryKeyConstraint("community_id", "id", name=op.f("pk_exchanges")),
@@ -259,9 +256,6 @@ def upgrade() -> None:
             ["community_id", "exchange_id"],
             ["exchanges.community_id", "exchanges.id"],
             name=op.f("fk_entries_community_id_exchange_id_exchanges"),
-        ),
-        sa.ForeignKeyConstraint(
-            ["community_id"], ["communities.id"], name=op.f("fk_entries_community_id_communities")
         ),
         sa.PrimaryKeyConstraint(
             "community_id", "exchange_id", "account_id", name=op.f("pk_entries")

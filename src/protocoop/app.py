@@ -19,6 +19,7 @@ from protocoop.http import BodyLimitMiddleware, RequestIdMiddleware, install_err
 from protocoop.idempotency import InFlight
 from protocoop.ledger.router import router as exchanges_router
 from protocoop.members.router import router as members_router
+from protocoop.mutuality.router import router as mutuality_router
 from protocoop.ops import router as ops_router
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         exchanges_router,
         balances_router,
         audit_router,
+        mutuality_router,
         api_keys_router,
     ):
         app.include_router(router)

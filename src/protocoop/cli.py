@@ -10,11 +10,13 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from protocoop.audit import service as audit_service
 from protocoop.auth import service as keys_service
@@ -24,8 +26,11 @@ from protocoop.communities.schemas import CommunityCreate
 from protocoop.config import Settings, get_settings
 from protocoop.db import Database, migrate
 from protocoop.errors import ProblemError, Unavailable
+from protocoop.ledger import export as export_ledger
 from protocoop.members import service as members_service
 from protocoop.members.schemas import MemberCreate
+from protocoop.mutuality import service as mutuality_service
+from protocoop.mutuality.schemas import MutualityPublic
 from protocoop.pagination import MAX_LIMIT
 from protocoop.schemas import Page
 
@@ -67,6 +72,9 @@ def _clear_errors() -> Iterator[None]:
     except typer.Exit:
         raise
     except Unavailable as error:
+        cause = error.__cause__
+        if isinstance(cause, DBAPIError):  # say why, not the HTTP advice about Idempotency-Key
+            fail(f"database unavailable: {_first_line(cause.orig)}", EXIT_USAGE)
         fail(f"{error.detail}", EXIT_USAGE)
     except ProblemError as error:
         fail(f"{error.code}: {error.detail}")
@@ -75,13 +83,22 @@ def _clear_errors() -> Iterator[None]:
         where = ".".join(str(part) for part in first["loc"])
         fail(f"invalid {where}: {first['msg']}", EXIT_USAGE)
     except DBAPIError as error:
-        fail(f"database error: {str(error.orig).strip().splitlines()[0]}", EXIT_USAGE)
+        fail(f"database error: {_first_line(error.orig)}", EXIT_USAGE)
+    except SQLAlchemyError as error:  # e.g. a database URL that cannot be parsed or loaded
+        fail(f"database error: {_first_line(error)}", EXIT_USAGE)
     except (OSError, RuntimeError) as error:
         fail(str(error), EXIT_USAGE)
 
 
+def _first_line(error: BaseException | None) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def _settings() -> Settings:
-    return get_settings()
+    """The settings, or one line and exit 2 when the environment holds an invalid one."""
+    with _clear_errors():
+        return get_settings()
 
 
 def _database() -> Database:
@@ -184,7 +201,8 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="e.g. -1 or base")
 def db_current() -> None:
     """Print the database's current revision (nothing when never migrated)."""
     settings = _settings()
-    db = Database(settings, pooled=False)
+    with _clear_errors():
+        db = Database(settings, pooled=False)
     try:
         with _clear_errors():
             current = migrate.current_revisions(db.engine)
@@ -214,7 +232,9 @@ def db_check() -> None:
 @keys_app.command("create")
 def keys_create(
     role: Annotated[Role, typer.Option(help="admin, treasurer, app or auditor.")],
-    community: Annotated[str | None, typer.Option(help="Required for every role but admin.")] = None,
+    community: Annotated[
+        str | None, typer.Option(help="Required for every role but admin.")
+    ] = None,
     label: Annotated[str | None, typer.Option(help="Who or what holds the key.")] = None,
 ) -> None:
     """Create a key and print its token alone on stdout (it is shown this once)."""
@@ -334,7 +354,34 @@ def members_list(community: CommunityOption, as_json: JsonOption = False) -> Non
     )
 
 
-# --- check -------------------------------------------------------------------------------------
+# --- check and export --------------------------------------------------------------------------
+
+
+def _verdict(community_id: str, report: MutualityPublic) -> str:
+    """One line: does mutuality hold in this community, and if not, why."""
+    figures = (
+        f"seq {report.as_of_seq}, {report.indicators.exchanges} exchanges, "
+        f"mutuality index {_ratio(report.indicators.mutuality_index)}, "
+        f"{len(report.warnings)} warnings"
+    )
+    if report.holds:
+        return f"{community_id}: mutuality holds ({figures})"
+    reasons = []
+    if not report.integrity.ok:
+        first = report.integrity.problems[0]
+        reasons.append(
+            f"integrity: {len(report.integrity.problems)} problems "
+            f"(invariant {first.invariant} {first.code}: {first.detail})"
+        )
+    if not report.zero_sum.ok:
+        reasons.append(f"balances sum to {report.zero_sum.sum}")
+    if report.limits.outside:
+        reasons.append(f"{len(report.limits.outside)} members outside their limits")
+    return f"{community_id}: MUTUALITY DOES NOT HOLD: {'; '.join(reasons)} ({figures})"
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 @app.command()
@@ -342,14 +389,17 @@ def check(
     community: Annotated[
         str | None, typer.Option("--community", "-c", help="Only this community.")
     ] = None,
-    as_json: JsonOption = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the full reports as JSON.")
+    ] = False,
 ) -> None:
-    """Audit every community's ledger (invariants 1-5); exit 1 when any problem is found."""
+    """Check that mutuality holds in every community (for cron): integrity (invariants 1-5),
+    zero sum and limits. Exit 0 when it holds everywhere, 1 when it does not, 2 on a usage or
+    connection error."""
 
-    def audit_all(session: Any) -> list[tuple[str, Any]]:
+    def report_all(session: Any) -> list[tuple[str, MutualityPublic]]:
         if community is not None:
-            communities_service.get_community(session, community)
-            ids = [community]
+            ids = [communities_service.get_community(session, community).id]
         else:
             ids = [
                 c.id
@@ -359,25 +409,70 @@ def check(
                     )
                 )
             ]
-        return [(cid, audit_service.audit_community(session, cid)) for cid in ids]
+        return [
+            (cid, mutuality_service.community_mutuality(session, cid, None, None, full_audit=True))
+            for cid in ids
+        ]
 
-    reports = _read(audit_all)
+    try:
+        reports = _read(report_all)
+    except typer.Exit as stop:
+        raise typer.Exit(EXIT_USAGE) from stop
+    for cid, report in reports:
+        if report.integrity.ok and report.window.until is None:
+            _write(
+                lambda session, cid=cid, seq=report.as_of_seq: audit_service.record_checkpoint(
+                    session, cid, seq
+                )
+            )
     if as_json:
         typer.echo(
             json.dumps({cid: report.model_dump(mode="json") for cid, report in reports}, indent=2)
         )
     else:
         for cid, report in reports:
-            if report.ok:
-                typer.echo(f"{cid}: ok ({report.checked_exchanges} exchanges checked)")
-            else:
-                first = report.problems[0]
-                typer.echo(
-                    f"{cid}: PROBLEMS ({len(report.problems)}): invariant {first.invariant} "
-                    f"{first.code}: {first.detail}"
-                )
-    if not all(report.ok for _, report in reports):
+            typer.echo(_verdict(cid, report))
+    if not all(report.holds for _, report in reports):
         raise typer.Exit(EXIT_REFUSED)
+
+
+class ExportFormat(StrEnum):
+    ledger = "ledger"
+    csv = "csv"
+
+
+@app.command()
+def export(
+    community: CommunityOption,
+    format_: Annotated[
+        ExportFormat, typer.Option("--format", help="ledger: an hledger/ledger-cli journal; csv.")
+    ] = ExportFormat.ledger,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")
+    ] = None,
+) -> None:
+    """Export a community's whole ledger, streamed: a journal whose `ledger balance` reproduces
+    every balance, or a CSV of every exchange."""
+    db = _database()
+    try:
+        with _clear_errors(), db.read() as session:
+            found = communities_service.get_community(session, community)
+            chunks = (
+                export_ledger.journal(session, found)
+                if format_ is ExportFormat.ledger
+                else export_ledger.exchanges_csv(session, found)
+            )
+            if output is None:
+                for chunk in chunks:
+                    sys.stdout.write(chunk)
+                sys.stdout.flush()
+            else:
+                with output.open("w", encoding="utf-8", newline="") as file:
+                    for chunk in chunks:
+                        file.write(chunk)
+                typer.echo(f"wrote {output}", err=True)
+    finally:
+        db.dispose()
 
 
 def main() -> None:  # pragma: no cover - `python -m protocoop`
@@ -385,4 +480,4 @@ def main() -> None:  # pragma: no cover - `python -m protocoop`
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

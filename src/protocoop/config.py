@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(default=10_000, ge=0)
     """PostgreSQL statement timeout; 0 disables it. A request never hangs past this."""
     db_connect_timeout_s: int = Field(default=5, ge=1)
+    db_pool_recycle_s: int = Field(default=300, ge=1)
+    """PostgreSQL connections are replaced after this many seconds."""
     db_retry_attempts: int = Field(default=5, ge=1)
     """Deadlocks and serialization failures are retried this many times before 503."""
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)

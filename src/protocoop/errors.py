@@ -78,7 +78,8 @@ class MemberInactive(ProblemError):
 
 
 class LimitBelowBalance(ProblemError):
-    status, code, title = 409, "limit_below_balance", "The new limit would leave the balance outside"
+    status, code = 409, "limit_below_balance"
+    title = "The new limit would leave the balance outside"
 
 
 class BalanceNotZero(ProblemError):
@@ -98,11 +99,13 @@ class DuplicateExternalId(ProblemError):
 
 
 class IdempotencyKeyReused(ProblemError):
-    status, code, title = 422, "idempotency_key_reused", "Idempotency-Key reused with another request"
+    status, code = 422, "idempotency_key_reused"
+    title = "Idempotency-Key reused with another request"
 
 
 class RequestInProgress(ProblemError):
-    status, code, title = 409, "request_in_progress", "A request with this Idempotency-Key is running"
+    status, code = 409, "request_in_progress"
+    title = "A request with this Idempotency-Key is running"
 
 
 class PayloadTooLarge(ProblemError):

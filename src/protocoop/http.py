@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -20,8 +21,8 @@ from protocoop.errors import (
     NotFound,
     PayloadTooLarge,
     ProblemError,
-    Unavailable,
     Unauthorized,
+    Unavailable,
     UnsupportedMediaType,
     ValidationFailed,
 )
@@ -48,12 +49,21 @@ async def _on_validation(request: Request, error: Exception) -> Response:
     if request.method in ("POST", "PATCH", "PUT") and "json" not in content_type.lower():
         return _problem(
             ValidationFailed(
-                [{"loc": ["header", "Content-Type"], "msg": "the body must be JSON, sent with "
-                  "`Content-Type: application/json`", "type": "content_type"}]
+                [
+                    {
+                        "loc": ["header", "Content-Type"],
+                        "msg": "the body must be JSON, sent with `Content-Type: application/json`",
+                        "type": "content_type",
+                    }
+                ]
             )
         )
     errors = [
-        {"loc": list(item.get("loc", ())), "msg": item.get("msg", "invalid"), "type": item.get("type")}
+        {
+            "loc": list(item.get("loc", ())),
+            "msg": item.get("msg", "invalid"),
+            "type": item.get("type"),
+        }
         for item in error.errors()
     ]
     return _problem(ValidationFailed(errors))
@@ -178,5 +188,3 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
-
-

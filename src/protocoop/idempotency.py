@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 from fastapi import Depends, Header, Request, Response
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -167,7 +167,9 @@ def execute(
     def attempt(session: Session) -> Rendered:
         first = stored_response(session, scope, key)
         if first is not None:
-            return Rendered(first.status_code, first.content_type, first.body, {REPLAYED_HEADER: "true"})
+            return Rendered(
+                first.status_code, first.content_type, first.body, {REPLAYED_HEADER: "true"}
+            )
         savepoint = session.begin_nested()
         try:
             response = work(session)
@@ -186,8 +188,6 @@ def execute(
         except IntegrityError:
             # Another process stored this key between our lookup and our insert: replay it.
             return db.run_write(attempt)
-
-
 
 
 def respond(

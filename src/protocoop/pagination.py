@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import Query
@@ -27,9 +28,14 @@ def encode_cursor(position: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None, *, expect: tuple[str, ...]) -> dict[str, Any] | None:
+def decode_cursor(
+    cursor: str | None, *, expect: tuple[str, ...] | Mapping[str, type[int] | type[str]]
+) -> dict[str, Any] | None:
     """The position inside `cursor`, or None for the first page; a damaged cursor is a 422.
 
+    `expect` names the position's fields, or maps each to its type (`int` or `str`); give the
+    types, so that a cursor whose values have the wrong type is a 422 and never reaches SQL
+    (PostgreSQL refuses to compare a text column with an integer: that would be a 503).
     Positions hold short strings and integers only."""
     if cursor is None:
         return None
@@ -38,10 +44,12 @@ def decode_cursor(cursor: str | None, *, expect: tuple[str, ...]) -> dict[str, A
         position = json.loads(raw)
     except (binascii.Error, ValueError, UnicodeDecodeError):
         position = None
+    types = expect if isinstance(expect, Mapping) else None
     if (
         not isinstance(position, dict)
         or set(position) != set(expect)
         or not all(_plain(value) for value in position.values())
+        or (types is not None and not all(isinstance(position[k], t) for k, t in types.items()))
     ):
         raise ValidationFailed(
             [{"loc": ["query", "cursor"], "msg": "not a cursor this list gave out"}]

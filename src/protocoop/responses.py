@@ -47,9 +47,7 @@ def render(status_code: int, document: BaseModel | dict[str, Any] | list[Any]) -
 
 def render_problem(error: ProblemError) -> Rendered:
     """The RFC 9457 problem document for `error`."""
-    return Rendered(
-        error.status, PROBLEM_CONTENT_TYPE, orjson.dumps(error.body()), error.headers()
-    )
+    return Rendered(error.status, PROBLEM_CONTENT_TYPE, orjson.dumps(error.body()), error.headers())
 
 
 class ProblemDocument(BaseModel):

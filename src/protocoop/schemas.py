@@ -38,7 +38,8 @@ AccountId = Annotated[str, StringConstraints(pattern=ACCOUNT_ID_PATTERN), Strict
 EXCHANGE_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 MemberPath = Annotated[
-    str, Path(pattern=ACCOUNT_ID_PATTERN, description="A member id, or a system account (@commons).")
+    str,
+    Path(pattern=ACCOUNT_ID_PATTERN, description="A member id, or a system account (@commons)."),
 ]
 ExchangePath = Annotated[str, Path(pattern=EXCHANGE_ID_PATTERN, description="An exchange id.")]
 KeyPath = Annotated[str, Path(pattern=r"^key_[0-9a-f]{16}$", description="An API key id.")]
@@ -69,7 +70,9 @@ Timestamp = Annotated[
 ]
 """An RFC 3339 date-time with an offset, normalised to UTC; written back as `...Z`."""
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), Strict()]
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), Strict()
+]
 
 
 def is_storable_text(value: str) -> bool:

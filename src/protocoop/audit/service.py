@@ -8,19 +8,27 @@ except the entries themselves.
 4. every balance lies within its limits (counting reservations);
 5. `seq` runs 1, 2, 3... without gaps, every `prev_hash` is the previous `hash`, every `hash`
    matches the exchange's canonical bytes, and the ledger head points at the last exchange.
+
+A *full* audit checks every exchange from seq 1 and, when all holds, records a checkpoint: the seq
+and hash it verified up to. An audit *since the checkpoint* re-checks per exchange (1, the running
+part of 2, and 5) only what came after it, chained from the checkpoint's hash, while the
+whole-ledger checks (stored balance = sum of all entries, zero sum, limits, head) always run in
+full. That keeps the mutuality report fast on long histories; `protocoop check` and
+`GET .../audit` run the full audit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from protocoop.audit.schemas import AuditProblem, AuditReport
-from protocoop.db.models import Account, Entry, Exchange, LedgerHead
-from protocoop.ledger.chain import GENESIS_HASH, ChainedExchange, ChainEntry, verify_chain
+from protocoop.clock import utc_now
+from protocoop.db.models import Account, AuditCheckpoint, Entry, Exchange, LedgerHead
+from protocoop.ledger.chain import GENESIS_HASH, ChainedExchange, verify_chain
+from protocoop.ledger.history import chain_links
 
 _a = Account.__table__
 _e = Entry.__table__
@@ -29,31 +37,71 @@ _x = Exchange.__table__
 MAX_PROBLEMS_PER_CHECK = 100
 
 
-def audit_community(session: Session, community_id: str) -> AuditReport:
-    """The audit of one community's ledger."""
+def audit_community(
+    session: Session, community_id: str, *, since_checkpoint: bool = False
+) -> AuditReport:
+    """The audit of one community's ledger: in full, or per exchange only after the last
+    checkpoint (`since_checkpoint`)."""
+    start_seq, start_hash = 0, GENESIS_HASH
+    checkpoint = session.get(AuditCheckpoint, community_id) if since_checkpoint else None
+    if checkpoint is not None:
+        start_seq, start_hash = checkpoint.seq, checkpoint.hash
     problems: list[AuditProblem] = []
-    problems += _unbalanced_exchanges(session, community_id)
+    problems += _unbalanced_exchanges(session, community_id, start_seq)
     problems += _stored_balances(session, community_id)
-    problems += _running_balances(session, community_id)
+    problems += _running_balances(session, community_id, start_seq)
     problems += _zero_sum(session, community_id)
     problems += _limits(session, community_id)
-    checked, chain_problems = _hash_chain(session, community_id)
+    checked, chain_problems = _hash_chain(session, community_id, start_seq, start_hash)
     problems += chain_problems
-    return AuditReport(ok=not problems, checked_exchanges=checked, problems=problems)
+    return AuditReport(
+        ok=not problems,
+        checked_exchanges=checked,
+        problems=problems,
+        from_seq=start_seq,
+        checkpoint_at=checkpoint.checked_at if checkpoint else None,
+    )
 
 
-def _unbalanced_exchanges(session: Session, community_id: str) -> list[AuditProblem]:
+def record_checkpoint(session: Session, community_id: str, verified_seq: int) -> None:
+    """Remember that a clean full audit verified the ledger up to `verified_seq` (a checkpoint
+    never moves backwards)."""
+    if verified_seq == 0:
+        return
+    verified_hash = session.execute(
+        select(_x.c.hash).where(_x.c.community_id == community_id, _x.c.seq == verified_seq)
+    ).scalar_one()
+    checkpoint = session.get(AuditCheckpoint, community_id, with_for_update=True)
+    if checkpoint is None:
+        session.add(
+            AuditCheckpoint(
+                community_id=community_id,
+                seq=verified_seq,
+                hash=verified_hash,
+                checked_at=utc_now(),
+            )
+        )
+    elif checkpoint.seq <= verified_seq:
+        checkpoint.seq = verified_seq
+        checkpoint.hash = verified_hash
+        checkpoint.checked_at = utc_now()
+    session.flush()
+
+
+def _unbalanced_exchanges(
+    session: Session, community_id: str, after_seq: int
+) -> list[AuditProblem]:
     per_exchange = (
         select(
             _x.c.id,
             _x.c.seq,
             func.coalesce(func.sum(_e.c.amount), 0).label("total"),
             func.count(_e.c.account_id).label("entries"),
-            func.sum(func.abs(_e.c.seq - _x.c.seq)).label("seq_drift"),
+            func.coalesce(func.sum(func.abs(_e.c.seq - _x.c.seq)), 0).label("seq_drift"),
         )
         .select_from(_x)
         .outerjoin(_e, and_(_e.c.community_id == _x.c.community_id, _e.c.exchange_id == _x.c.id))
-        .where(_x.c.community_id == community_id)
+        .where(_x.c.community_id == community_id, _x.c.seq > after_seq)
         .group_by(_x.c.id, _x.c.seq)
         .subquery()
     )
@@ -110,18 +158,37 @@ def _stored_balances(session: Session, community_id: str) -> list[AuditProblem]:
     ]
 
 
-def _running_balances(session: Session, community_id: str) -> list[AuditProblem]:
+def _running_balances(session: Session, community_id: str, after_seq: int) -> list[AuditProblem]:
+    """Each entry after `after_seq` must be its account's previous balance plus its amount; the
+    balance before them is read from the last earlier entry's balance_after."""
+    earlier = _e.alias("earlier")
+    opening = func.coalesce(
+        select(earlier.c.balance_after)
+        .where(
+            earlier.c.community_id == community_id,
+            earlier.c.account_id == _e.c.account_id,
+            earlier.c.seq <= after_seq,
+        )
+        .order_by(earlier.c.seq.desc())
+        .limit(1)
+        .correlate(_e)
+        .scalar_subquery(),
+        literal(0),
+    )
+    if after_seq == 0:
+        opening = literal(0)
     running = (
         select(
             _e.c.exchange_id,
             _e.c.account_id,
             _e.c.seq,
             _e.c.balance_after,
-            func.sum(_e.c.amount)
-            .over(partition_by=_e.c.account_id, order_by=_e.c.seq)
-            .label("running"),
+            (
+                opening
+                + func.sum(_e.c.amount).over(partition_by=_e.c.account_id, order_by=_e.c.seq)
+            ).label("running"),
         )
-        .where(_e.c.community_id == community_id)
+        .where(_e.c.community_id == community_id, _e.c.seq > after_seq)
         .subquery()
     )
     rows = session.execute(
@@ -179,75 +246,21 @@ def _limits(session: Session, community_id: str) -> list[AuditProblem]:
     ]
 
 
-def _chain_links(session: Session, community_id: str) -> Iterator[tuple[ChainedExchange, str, str]]:
-    """Every exchange with its entries, in seq order, streamed."""
-    rows = session.execute(
-        select(
-            _x.c.id,
-            _x.c.seq,
-            _x.c.provider,
-            _x.c.receiver,
-            _x.c.amount,
-            _x.c.description,
-            _x.c.category,
-            _x.c.external_id,
-            _x.c.reverses,
-            _x.c.created_at,
-            _x.c.prev_hash,
-            _x.c.hash,
-            _e.c.account_id,
-            _e.c.amount.label("entry_amount"),
-            _e.c.balance_after,
-        )
-        .select_from(_x)
-        .outerjoin(_e, and_(_e.c.community_id == _x.c.community_id, _e.c.exchange_id == _x.c.id))
-        .where(_x.c.community_id == community_id)
-        .order_by(_x.c.seq, _e.c.account_id)
-        .execution_options(yield_per=2000)
-    )
-    current: Any = None
-    entries: list[ChainEntry] = []
-    for row in rows:
-        if current is not None and row.id != current.id:
-            yield _chained(community_id, current, entries), current.prev_hash, current.hash
-            entries = []
-        current = row
-        if row.account_id is not None:
-            entries.append(ChainEntry(row.account_id, row.entry_amount, row.balance_after))
-    if current is not None:
-        yield _chained(community_id, current, entries), current.prev_hash, current.hash
-
-
-def _chained(community_id: str, row: Any, entries: list[ChainEntry]) -> ChainedExchange:
-    return ChainedExchange(
-        community=community_id,
-        seq=row.seq,
-        id=row.id,
-        provider=row.provider,
-        receiver=row.receiver,
-        amount=row.amount,
-        description=row.description,
-        category=row.category,
-        external_id=row.external_id,
-        reverses=row.reverses,
-        created_at=row.created_at,
-        entries=tuple(entries),
-    )
-
-
-def _hash_chain(session: Session, community_id: str) -> tuple[int, list[AuditProblem]]:
+def _hash_chain(
+    session: Session, community_id: str, start_seq: int, start_hash: str
+) -> tuple[int, list[AuditProblem]]:
     problems: list[AuditProblem] = []
     checked = 0
-    last_seq, last_hash = 0, GENESIS_HASH
+    last_seq, last_hash = start_seq, start_hash
 
     def counted() -> Iterator[tuple[ChainedExchange, str, str]]:
         nonlocal checked, last_seq, last_hash
-        for link in _chain_links(session, community_id):
+        for link in chain_links(session, community_id, after_seq=start_seq):
             checked += 1
             last_seq, last_hash = link[0].seq, link[2]
             yield link
 
-    for seq, code, detail in verify_chain(counted()):
+    for seq, code, detail in verify_chain(counted(), start_seq=start_seq, start_hash=start_hash):
         if len(problems) < MAX_PROBLEMS_PER_CHECK:
             problems.append(AuditProblem(invariant=5, code=code, detail=detail, seq=seq))
     head = session.execute(

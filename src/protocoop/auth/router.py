@@ -50,7 +50,7 @@ def list_keys(
     principal: KeyManager, db: DatabaseDep, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Page[ApiKeyPublic]:
     """Keys without their tokens: all for an admin, its community's for a treasurer."""
-    position = decode_cursor(cursor, expect=("after",))
+    position = decode_cursor(cursor, expect={"after": str})
     with db.read() as session:
         return service.list_keys(
             session,

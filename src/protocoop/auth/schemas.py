@@ -28,4 +28,3 @@ class ApiKeyPublic(ResponseModel):
 
 class ApiKeyCreated(ApiKeyPublic):
     token: str = Field(description="The bearer token. Shown in this answer only; store it now.")
-

@@ -4,7 +4,7 @@ import hashlib
 import hmac
 import secrets
 
-TOKEN_PREFIX = "pcp_"
+TOKEN_PREFIX = "pcp_"  # noqa: S105 - a public marker that says "this is a token", not a secret
 PREFIX_SHOWN = 12
 
 

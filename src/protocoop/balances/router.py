@@ -160,7 +160,15 @@ def get_statement(
         service.require_account(session, community_id, member_id)
     return csv_response(
         db,
-        ["seq", "exchange_id", "created_at", "counterparty", "description", "amount", "balance_after"],
+        [
+            "seq",
+            "exchange_id",
+            "created_at",
+            "counterparty",
+            "description",
+            "amount",
+            "balance_after",
+        ],
         lambda session: (
             [
                 line.seq,

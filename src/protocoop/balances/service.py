@@ -180,7 +180,9 @@ def balances_page(
         for row in rows[:limit]
     ]
     next_cursor = (
-        encode_cursor({"as_of_seq": seq, "after": rows[limit - 1].id}) if len(rows) > limit else None
+        encode_cursor({"as_of_seq": seq, "after": rows[limit - 1].id})
+        if len(rows) > limit
+        else None
     )
     return BalancesPage(as_of_seq=seq, sum=int(total), items=items, next_cursor=next_cursor)
 

@@ -38,7 +38,7 @@ def list_communities(
     principal: PrincipalDep, db: DatabaseDep, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Page[CommunityPublic]:
     """Communities in id order: every one for an admin key, its own for any other key."""
-    position = decode_cursor(cursor, expect=("after",))
+    position = decode_cursor(cursor, expect={"after": str})
     with db.read() as session:
         return service.list_communities(
             session,

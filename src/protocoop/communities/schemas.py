@@ -27,6 +27,29 @@ class Unit(RequestModel):
     scale: Annotated[int, Strict(), Field(ge=0, le=6)] = 0
 
 
+Ratio = Annotated[float, Field(ge=0, le=1)]
+
+
+class PolicyUpdate(RequestModel):
+    """Thresholds of the mutuality report; absent fields stay as they are."""
+
+    reciprocity_threshold: Ratio | None = Field(
+        default=None, description="A member at or above this reciprocity is `reciprocal` (0.5)."
+    )
+    near_limit_ratio: Ratio | None = Field(
+        default=None, description="A balance within this fraction of a limit is near it (0.1)."
+    )
+    dormant_after_days: Annotated[int, Strict(), Field(ge=1, le=36500)] | None = Field(
+        default=None, description="A member with no exchange for this long is dormant (90)."
+    )
+
+
+class Policy(ResponseModel):
+    reciprocity_threshold: float
+    near_limit_ratio: float
+    dormant_after_days: int
+
+
 class CommunityCreate(RequestModel):
     id: CommunityId = Field(examples=["riverside-timebank"])
     name: Name
@@ -37,6 +60,7 @@ class CommunityCreate(RequestModel):
     default_upper_limit: UpperLimit | None = Field(
         default=None, description="Upper limit (>= 0) for new members; null means no cap."
     )
+    policy: PolicyUpdate | None = None
 
 
 class CommunityUpdate(RequestModel):
@@ -48,6 +72,7 @@ class CommunityUpdate(RequestModel):
     status: Literal["active", "suspended"] | None = Field(
         default=None, description="Admin only. A suspended community records no new exchanges."
     )
+    policy: PolicyUpdate | None = None
 
 
 class CommunityPublic(ResponseModel):
@@ -57,4 +82,5 @@ class CommunityPublic(ResponseModel):
     default_lower_limit: int
     default_upper_limit: int | None
     status: str
+    policy: Policy
     created_at: Timestamp

@@ -8,7 +8,14 @@ from sqlalchemy.orm import Session
 
 from protocoop.auth.roles import Principal, Role
 from protocoop.clock import utc_now
-from protocoop.communities.schemas import CommunityCreate, CommunityPublic, CommunityUpdate, Unit
+from protocoop.communities.schemas import (
+    CommunityCreate,
+    CommunityPublic,
+    CommunityUpdate,
+    Policy,
+    PolicyUpdate,
+    Unit,
+)
 from protocoop.db.models import Account, Community, LedgerHead
 from protocoop.errors import AlreadyExists, Forbidden, NotFound, ValidationFailed
 from protocoop.pagination import encode_cursor
@@ -26,8 +33,25 @@ def public(community: Community) -> CommunityPublic:
         default_lower_limit=community.default_lower_limit,
         default_upper_limit=community.default_upper_limit,
         status=community.status,
+        policy=Policy(
+            reciprocity_threshold=community.reciprocity_threshold,
+            near_limit_ratio=community.near_limit_ratio,
+            dormant_after_days=community.dormant_after_days,
+        ),
         created_at=community.created_at,
     )
+
+
+POLICY_FIELDS = ("reciprocity_threshold", "near_limit_ratio", "dormant_after_days")
+
+
+def _apply_policy(community: Community, policy: PolicyUpdate) -> None:
+    for name in POLICY_FIELDS:
+        value = getattr(policy, name)
+        if name in policy.model_fields_set and value is None:
+            raise ValidationFailed([{"loc": ["body", "policy", name], "msg": "may not be null"}])
+        if value is not None:
+            setattr(community, name, value)
 
 
 def create_community(session: Session, spec: CommunityCreate) -> CommunityPublic:
@@ -44,9 +68,14 @@ def create_community(session: Session, spec: CommunityCreate) -> CommunityPublic
         default_lower_limit=spec.default_lower_limit,
         default_upper_limit=spec.default_upper_limit,
         status="active",
+        reciprocity_threshold=0.5,
+        near_limit_ratio=0.1,
+        dormant_after_days=90,
         created_at=now,
         updated_at=now,
     )
+    if spec.policy is not None:
+        _apply_policy(community, spec.policy)
     session.add(community)
     try:
         session.flush()
@@ -99,12 +128,14 @@ def update_community(
     fields = changes.model_fields_set
     if "status" in fields and by is not None and by.role is not Role.ADMIN:
         raise Forbidden("Only an admin may suspend or reactivate a community.")
-    for required in ("name", "default_lower_limit", "status"):
+    for required in ("name", "default_lower_limit", "status", "policy"):
         if required in fields and getattr(changes, required) is None:
             raise ValidationFailed([{"loc": ["body", required], "msg": "may not be null"}])
     for field in ("name", "default_lower_limit", "default_upper_limit", "status"):
         if field in fields:
             setattr(community, field, getattr(changes, field))
+    if changes.policy is not None:
+        _apply_policy(community, changes.policy)
     community.updated_at = utc_now()
     session.flush()
     return public(community)

@@ -1,4 +1,5 @@
-"""Database access: engines and transactions (`engine`), models (`models`), migrations (`migrate`)."""
+"""Database access: engines and transactions (`engine`), models (`models`) and migrations
+(`migrate`)."""
 
 from protocoop.db.engine import Database
 

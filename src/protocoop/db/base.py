@@ -1,4 +1,4 @@
-"""The declarative base, its constraint naming convention and the column types shared by all models."""
+"""The declarative base, its constraint naming convention and the column types all models share."""
 
 from __future__ import annotations
 

@@ -3,10 +3,10 @@
 Two ways into the database:
 - `Database.read()`: a snapshot. On PostgreSQL a READ ONLY REPEATABLE READ transaction; on SQLite a
   deferred `BEGIN` (WAL readers see one snapshot until they end).
-- `Database.write()` / `Database.run_write()`: a read-write transaction that commits once. On SQLite it
-  starts with `BEGIN IMMEDIATE`, taking the write lock up front so two writers never deadlock on a
-  lock upgrade; on PostgreSQL, deadlocks and serialization failures are retried a bounded number of
-  times. A database that cannot be reached, or a lock not granted in time, becomes `Unavailable`
+- `Database.write()` / `Database.run_write()`: a read-write transaction that commits once. On SQLite
+  it starts with `BEGIN IMMEDIATE`, taking the write lock up front so two writers never deadlock on
+  a lock upgrade; on PostgreSQL, deadlocks and serialization failures are retried a bounded number
+  of times. A database that cannot be reached, or a lock not granted in time, becomes `Unavailable`
   (503), which clients may retry with the same Idempotency-Key.
 """
 
@@ -65,6 +65,10 @@ def make_engine(settings: Settings, *, pooled: bool = True) -> Engine:
             max_overflow=settings.db_pool_size,
             pool_timeout=settings.db_connect_timeout_s,
             pool_pre_ping=True,
+            # PostgreSQL caches a backend's foreign-key check plans for the connection's life; a
+            # plan made while a table was nearly empty can pick a poor index once it has grown.
+            # Replacing connections every few minutes bounds how long such a plan can live.
+            pool_recycle=settings.db_pool_recycle_s,
         )
     return create_engine(url, **kwargs)
 

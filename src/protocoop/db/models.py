@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Float,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
@@ -47,6 +48,14 @@ class Community(Base):
             name="default_upper_limit_nonnegative",
         ),
         CheckConstraint("status IN ('active', 'suspended')", name="status_known"),
+        CheckConstraint(
+            "reciprocity_threshold >= 0 AND reciprocity_threshold <= 1",
+            name="reciprocity_threshold_range",
+        ),
+        CheckConstraint(
+            "near_limit_ratio >= 0 AND near_limit_ratio <= 1", name="near_limit_ratio_range"
+        ),
+        CheckConstraint("dormant_after_days >= 1", name="dormant_after_days_positive"),
     )
 
     id: Mapped[str] = mapped_column(SLUG, primary_key=True)
@@ -65,6 +74,12 @@ class Community(Base):
     """Upper limit (>= 0, minor units) given to new members; null means no cap."""
     status: Mapped[str] = mapped_column(String(16), default="active")
     """`active`, or `suspended` (no new exchanges)."""
+    reciprocity_threshold: Mapped[float] = mapped_column(Float, server_default="0.5")
+    """Mutuality policy: a member at or above this reciprocity (0..1) is `reciprocal`."""
+    near_limit_ratio: Mapped[float] = mapped_column(Float, server_default="0.1")
+    """Mutuality policy: a balance within this fraction (0..1) of a limit is near it."""
+    dormant_after_days: Mapped[int] = mapped_column(Integer, server_default="90")
+    """Mutuality policy: a member with no exchange for this many days is dormant."""
     created_at: Mapped[datetime]
     """When the community was created (UTC)."""
     updated_at: Mapped[datetime]
@@ -78,9 +93,7 @@ class LedgerHead(Base):
     __tablename__ = "ledger_heads"
     __table_args__ = (CheckConstraint("last_seq >= 0", name="last_seq_nonnegative"),)
 
-    community_id: Mapped[str] = mapped_column(
-        SLUG, ForeignKey("communities.id"), primary_key=True
-    )
+    community_id: Mapped[str] = mapped_column(SLUG, ForeignKey("communities.id"), primary_key=True)
     """The community whose ledger this is."""
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     """`seq` of the latest completed exchange (0 before the first)."""
@@ -117,9 +130,7 @@ class Account(Base):
         ),
     )
 
-    community_id: Mapped[str] = mapped_column(
-        SLUG, ForeignKey("communities.id"), primary_key=True
-    )
+    community_id: Mapped[str] = mapped_column(SLUG, ForeignKey("communities.id"), primary_key=True)
     """The community the account belongs to."""
     id: Mapped[str] = mapped_column(SLUG, primary_key=True)
     """The member's id, or `@name` for a system account."""
@@ -144,16 +155,12 @@ class Member(Base):
 
     __tablename__ = "members"
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["community_id", "id"], ["accounts.community_id", "accounts.id"]
-        ),
+        ForeignKeyConstraint(["community_id", "id"], ["accounts.community_id", "accounts.id"]),
         CheckConstraint("kind IN ('person', 'organization')", name="kind_known"),
         CheckConstraint("status IN ('active', 'suspended', 'closed')", name="status_known"),
     )
 
-    community_id: Mapped[str] = mapped_column(
-        SLUG, ForeignKey("communities.id"), primary_key=True
-    )
+    community_id: Mapped[str] = mapped_column(SLUG, ForeignKey("communities.id"), primary_key=True)
     """The member's community."""
     id: Mapped[str] = mapped_column(SLUG, primary_key=True)
     """Slug unique in the community; also the id of the member's account."""
@@ -175,9 +182,7 @@ class ApiKey(Base):
     __tablename__ = "api_keys"
     __table_args__ = (
         CheckConstraint("role IN ('admin', 'treasurer', 'app', 'auditor')", name="role_known"),
-        CheckConstraint(
-            "(role = 'admin') = (community_id IS NULL)", name="only_admin_is_global"
-        ),
+        CheckConstraint("(role = 'admin') = (community_id IS NULL)", name="only_admin_is_global"),
     )
 
     id: Mapped[str] = mapped_column(KEY_ID, primary_key=True)
@@ -224,9 +229,7 @@ class Exchange(Base):
         Index(None, "community_id", "created_at"),
     )
 
-    community_id: Mapped[str] = mapped_column(
-        SLUG, ForeignKey("communities.id"), primary_key=True
-    )
+    community_id: Mapped[str] = mapped_column(SLUG, primary_key=True)
     """The community whose ledger records the exchange."""
     id: Mapped[str] = mapped_column(EXCHANGE_ID, primary_key=True)
     """UUID of the exchange."""
@@ -275,9 +278,7 @@ class Entry(Base):
         CheckConstraint("amount <> 0", name="amount_nonzero"),
     )
 
-    community_id: Mapped[str] = mapped_column(
-        SLUG, ForeignKey("communities.id"), primary_key=True
-    )
+    community_id: Mapped[str] = mapped_column(SLUG, primary_key=True)
     """The community of the exchange."""
     exchange_id: Mapped[str] = mapped_column(EXCHANGE_ID, primary_key=True)
     """The exchange the entry belongs to."""
@@ -318,3 +319,22 @@ class IdempotencyRecord(Base):
     """Body of the first response, replayed byte for byte."""
     created_at: Mapped[datetime]
     """When the first response was given; records live at least 24 h."""
+
+
+class AuditCheckpoint(Base):
+    """How far a community's ledger has been fully verified: every exchange up to `seq` was
+    re-hashed and checked, and `hash` is the chain's hash at `seq`. Later checks start here."""
+
+    __tablename__ = "audit_checkpoints"
+    __table_args__ = (CheckConstraint("seq >= 0", name="seq_nonnegative"),)
+
+    community_id: Mapped[str] = mapped_column(
+        SLUG, ForeignKey("ledger_heads.community_id"), primary_key=True
+    )
+    """The community whose ledger was verified."""
+    seq: Mapped[int] = mapped_column(BigInteger)
+    """The last exchange the full audit verified."""
+    hash: Mapped[str] = mapped_column(HASH)
+    """The chain's hash at `seq` (64 zeros for 0)."""
+    checked_at: Mapped[datetime]
+    """When the full audit ran (UTC)."""

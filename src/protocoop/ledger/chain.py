@@ -66,9 +66,9 @@ def canonical_bytes(exchange: ChainedExchange) -> bytes:
             for e in sorted(exchange.entries, key=lambda e: e.account)
         ],
     }
-    return json.dumps(
-        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode("utf-8")
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
 
 
 def chain_hash(prev_hash: str, exchange: ChainedExchange) -> str:
@@ -78,12 +78,16 @@ def chain_hash(prev_hash: str, exchange: ChainedExchange) -> str:
 
 def verify_chain(
     links: Iterable[tuple[ChainedExchange, str, str]],
+    *,
+    start_seq: int = 0,
+    start_hash: str = GENESIS_HASH,
 ) -> Iterator[tuple[int, str, str]]:
-    """Walk `(exchange, prev_hash, hash)` in seq order from seq 1 and yield `(seq, code, detail)`
-    for every link that does not hold: a gap in `seq`, a `prev_hash` that is not the previous
-    exchange's hash, or a hash that does not match the exchange's contents."""
-    expected_prev = GENESIS_HASH
-    expected_seq = 1
+    """Walk `(exchange, prev_hash, hash)` in seq order, starting after `start_seq` whose hash is
+    `start_hash`, and yield `(seq, code, detail)` for every link that does not hold: a gap in
+    `seq`, a `prev_hash` that is not the previous exchange's hash, or a hash that does not match
+    the exchange's contents."""
+    expected_prev = start_hash
+    expected_seq = start_seq + 1
     for exchange, prev_hash, stored_hash in links:
         if exchange.seq != expected_seq:
             yield exchange.seq, "seq_gap", f"seq {exchange.seq} found where {expected_seq} was due"

@@ -37,7 +37,10 @@ def public(posted: PostedExchange) -> ExchangePublic:
         reverses=posted.reverses,
         reversed_by=posted.reversed_by,
         metadata=posted.metadata,
-        entries=[EntryPublic(account=e.account, amount=e.amount, balance_after=e.balance_after) for e in posted.entries],
+        entries=[
+            EntryPublic(account=e.account, amount=e.amount, balance_after=e.balance_after)
+            for e in posted.entries
+        ],
         prev_hash=posted.prev_hash,
         hash=posted.hash,
     )
@@ -55,7 +58,9 @@ def _documents(session: Session, community_id: str, rows: list[Row[Any]]) -> lis
         .order_by(_e.c.exchange_id, _e.c.amount, _e.c.account_id)
     ):
         entries[entry.exchange_id].append(
-            EntryPublic(account=entry.account_id, amount=entry.amount, balance_after=entry.balance_after)
+            EntryPublic(
+                account=entry.account_id, amount=entry.amount, balance_after=entry.balance_after
+            )
         )
     reversed_by = dict(
         session.execute(

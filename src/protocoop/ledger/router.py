@@ -113,7 +113,9 @@ def reverse_exchange(
     request: Request,
 ) -> Response:
     """Undo an exchange with a new one going the other way (`reverses`); once only."""
-    reversal = Draft(provider="", receiver="", amount=0, description=spec.reason, reverses=exchange_id)
+    reversal = Draft(
+        provider="", receiver="", amount=0, description=spec.reason, reverses=exchange_id
+    )
     return respond(
         request,
         community_id,

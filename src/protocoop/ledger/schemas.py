@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, StringConstraints, Strict
+from pydantic import AfterValidator, Field, Strict, StringConstraints
 
 from protocoop.schemas import AccountId, Amount, RequestModel, ResponseModel, Timestamp
 
@@ -34,10 +34,12 @@ class ExchangeCreate(RequestModel):
     receiver: AccountId = Field(description="Who received; their balance goes down by `amount`.")
     amount: Amount
     description: Description
-    category: Annotated[str, StringConstraints(min_length=1, max_length=100), Strict()] | None = None
-    external_id: Annotated[str, StringConstraints(min_length=1, max_length=200), Strict()] | None = (
-        Field(default=None, description="Your own id for it; unique in the community, forever.")
+    category: Annotated[str, StringConstraints(min_length=1, max_length=100), Strict()] | None = (
+        None
     )
+    external_id: (
+        Annotated[str, StringConstraints(min_length=1, max_length=200), Strict()] | None
+    ) = Field(default=None, description="Your own id for it; unique in the community, forever.")
     occurred_at: Timestamp | None = Field(
         default=None, description="When it happened (default: when it is recorded)."
     )
@@ -56,7 +58,9 @@ class ReverseRequest(RequestModel):
 
 class EntryPublic(ResponseModel):
     account: str
-    amount: int = Field(description="Signed change: +amount for the provider, -amount for the receiver.")
+    amount: int = Field(
+        description="Signed change: +amount for the provider, -amount for the receiver."
+    )
     balance_after: int
 
 

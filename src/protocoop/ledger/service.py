@@ -353,8 +353,11 @@ class LockedLedger:
         if not exchange_ids:
             return {}
         rows = self.session.execute(
-            select(_exchanges.c.id, _exchanges.c.provider, _exchanges.c.receiver, _exchanges.c.amount)
-            .where(_exchanges.c.community_id == self.community_id, _exchanges.c.id.in_(exchange_ids))
+            select(
+                _exchanges.c.id, _exchanges.c.provider, _exchanges.c.receiver, _exchanges.c.amount
+            ).where(
+                _exchanges.c.community_id == self.community_id, _exchanges.c.id.in_(exchange_ids)
+            )
         ).all()
         originals = {row.id: _Original(row.provider, row.receiver, row.amount) for row in rows}
         for exchange_id, account_id, amount in self.session.execute(

@@ -49,7 +49,7 @@ def list_members(
     cursor: CursorQuery = None,
 ) -> Page[MemberPublic]:
     """Members in id order, each with balance and limits; `status` filters."""
-    position = decode_cursor(cursor, expect=("after",))
+    position = decode_cursor(cursor, expect={"after": str})
     with db.read() as session:
         return service.list_members(
             session,
@@ -61,7 +61,9 @@ def list_members(
 
 
 @router.get("/{member_id}", response_model=MemberPublic, responses=problem_responses(401, 404))
-def get_member(community_id: str, member_id: MemberPath, _: Reader, db: DatabaseDep) -> MemberPublic:
+def get_member(
+    community_id: str, member_id: MemberPath, _: Reader, db: DatabaseDep
+) -> MemberPublic:
     with db.read() as session:
         return service.get_member(session, community_id, member_id)
 

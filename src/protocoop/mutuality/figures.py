@@ -1,0 +1,277 @@
+"""SQL aggregates that feed the mutuality report: GROUP BY in the database, never a Python loop
+over exchanges.
+
+A window is a range of ledger positions (from_seq, to_seq]. Its *counted* exchanges leave out
+reversals and the exchanges they reversed (a mistake is not a gift).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Select, case, func, literal, select, union_all
+from sqlalchemy.orm import Session
+
+from protocoop.db.models import Account, Entry, Exchange, Member
+from protocoop.mutuality.report import MemberFigures, PairFigures, PartnerFigures
+
+_a = Account.__table__
+_e = Entry.__table__
+_x = Exchange.__table__
+_m = Member.__table__
+
+PAIR_CANDIDATES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Ledger positions (from_seq, to_seq]."""
+
+    community_id: str
+    from_seq: int
+    to_seq: int
+    head: int
+    """The ledger's latest seq when the figures were read."""
+
+
+def _counted(window: Window) -> Any:
+    """The window's exchanges that count for reciprocity, as a subquery."""
+    reversed_ids = select(_x.c.reverses).where(
+        _x.c.community_id == window.community_id,
+        _x.c.reverses.is_not(None),
+        _x.c.seq <= window.to_seq,
+    )
+    return (
+        select(_x.c.provider, _x.c.receiver, _x.c.amount)
+        .where(
+            _x.c.community_id == window.community_id,
+            _x.c.seq > window.from_seq,
+            _x.c.seq <= window.to_seq,
+            _x.c.reverses.is_(None),
+            _x.c.id.not_in(reversed_ids),
+        )
+        .subquery("counted")
+    )
+
+
+def _sides(counted: Any) -> Any:
+    """Each counted exchange twice: once from the provider's side, once from the receiver's."""
+    return union_all(
+        select(
+            counted.c.provider.label("member"),
+            counted.c.receiver.label("other"),
+            counted.c.amount.label("given"),
+            literal(0).label("received"),
+        ),
+        select(
+            counted.c.receiver.label("member"),
+            counted.c.provider.label("other"),
+            literal(0).label("given"),
+            counted.c.amount.label("received"),
+        ),
+    ).subquery("sides")
+
+
+def totals(session: Session, window: Window) -> tuple[int, int]:
+    """(volume, number of exchanges) of the window's counted exchanges."""
+    counted = _counted(window)
+    volume, count = session.execute(
+        select(func.coalesce(func.sum(counted.c.amount), 0), func.count()).select_from(counted)
+    ).one()
+    return int(volume), int(count)
+
+
+def _balance_column(window: Window) -> Any:
+    if window.to_seq == window.head:
+        return _a.c.balance
+    latest = (
+        select(_e.c.balance_after)
+        .where(
+            _e.c.community_id == window.community_id,
+            _e.c.account_id == _a.c.id,
+            _e.c.seq <= window.to_seq,
+        )
+        .order_by(_e.c.seq.desc())
+        .limit(1)
+        .correlate(_a)
+        .scalar_subquery()
+    )
+    return func.coalesce(latest, literal(0))
+
+
+def _last_exchange_column(window: Window) -> Any:
+    """When the account's latest exchange at or before the window's end was recorded."""
+    last_seq = (
+        select(_e.c.seq)
+        .where(
+            _e.c.community_id == window.community_id,
+            _e.c.account_id == _a.c.id,
+            _e.c.seq <= window.to_seq,
+        )
+        .order_by(_e.c.seq.desc())
+        .limit(1)
+        .correlate(_a)
+        .scalar_subquery()
+    )
+    return (
+        select(_x.c.created_at)
+        .where(_x.c.community_id == window.community_id, _x.c.seq == last_seq)
+        .correlate(_a)
+        .scalar_subquery()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPosition:
+    """An account at the window's end."""
+
+    id: str
+    kind: str
+    balance: int
+    lower_limit: int
+    upper_limit: int | None
+    last_exchange_at: datetime | None
+
+
+def account_positions(
+    session: Session, window: Window, account_id: str | None = None
+) -> list[AccountPosition]:
+    """Every account's (or one's) balance at the window's end, with limits and last activity."""
+    query = (
+        select(
+            _a.c.id,
+            _a.c.kind,
+            _a.c.lower_limit,
+            _a.c.upper_limit,
+            _balance_column(window).label("balance"),
+            _last_exchange_column(window).label("last_exchange_at"),
+        )
+        .where(_a.c.community_id == window.community_id)
+        .order_by(_a.c.id)
+    )
+    if account_id is not None:
+        query = query.where(_a.c.id == account_id)
+    return [
+        AccountPosition(
+            id=row.id,
+            kind=row.kind,
+            balance=int(row.balance),
+            lower_limit=row.lower_limit,
+            upper_limit=row.upper_limit,
+            last_exchange_at=_aware(row.last_exchange_at),
+        )
+        for row in session.execute(query)
+    ]
+
+
+def _aware(moment: Any) -> datetime | None:
+    """Scalar subqueries lose the column type on SQLite: make the time a UTC-aware datetime."""
+    if moment is None:
+        return None
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _flows_query(window: Window, member_id: str | None = None) -> Select[Any]:
+    """Per member: given, received, exchanges and distinct partners in the window."""
+    sides = _sides(_counted(window))
+    query = select(
+        sides.c.member,
+        func.sum(sides.c.given).label("given"),
+        func.sum(sides.c.received).label("received"),
+        func.count().label("exchanges"),
+        func.count(sides.c.other.distinct()).label("partners"),
+    ).group_by(sides.c.member)
+    if member_id is not None:
+        query = query.where(sides.c.member == member_id)
+    return query
+
+
+def member_figures(
+    session: Session, window: Window, positions: list[AccountPosition]
+) -> list[MemberFigures]:
+    """Every member's flows in the window, with its balance and limits at the window's end."""
+    flows = {row.member: row for row in session.execute(_flows_query(window))}
+    members = set(session.scalars(select(_m.c.id).where(_m.c.community_id == window.community_id)))
+    figures = []
+    for position in positions:
+        if position.id not in members:
+            continue
+        flow = flows.get(position.id)
+        figures.append(
+            MemberFigures(
+                member=position.id,
+                given=int(flow.given) if flow else 0,
+                received=int(flow.received) if flow else 0,
+                exchanges=int(flow.exchanges) if flow else 0,
+                partners=int(flow.partners) if flow else 0,
+                balance=position.balance,
+                lower_limit=position.lower_limit,
+                upper_limit=position.upper_limit,
+                last_exchange_at=position.last_exchange_at,
+            )
+        )
+    return figures
+
+
+def most_imbalanced_pairs(
+    session: Session, window: Window, limit: int = PAIR_CANDIDATES
+) -> list[PairFigures]:
+    """The `limit` pairs of members whose flows to each other differ most."""
+    counted = _counted(window)
+    forward = counted.c.provider < counted.c.receiver
+    oriented = select(
+        case((forward, counted.c.provider), else_=counted.c.receiver).label("a"),
+        case((forward, counted.c.receiver), else_=counted.c.provider).label("b"),
+        case((forward, counted.c.amount), else_=0).label("a_to_b"),
+        case((forward, 0), else_=counted.c.amount).label("b_to_a"),
+    ).subquery("oriented")
+    a_to_b = func.sum(oriented.c.a_to_b)
+    b_to_a = func.sum(oriented.c.b_to_a)
+    rows = session.execute(
+        select(oriented.c.a, oriented.c.b, a_to_b.label("a_to_b"), b_to_a.label("b_to_a"))
+        .group_by(oriented.c.a, oriented.c.b)
+        .order_by(func.abs(a_to_b - b_to_a).desc(), oriented.c.a, oriented.c.b)
+        .limit(limit)
+    ).all()
+    return [PairFigures(row.a, row.b, int(row.a_to_b), int(row.b_to_a)) for row in rows]
+
+
+def partner_figures(session: Session, window: Window, member_id: str) -> list[PartnerFigures]:
+    """What `member_id` exchanged with each partner in the window."""
+    sides = _sides(_counted(window))
+    rows = session.execute(
+        select(
+            sides.c.other,
+            func.sum(sides.c.given).label("given"),
+            func.sum(sides.c.received).label("received"),
+            func.count().label("exchanges"),
+        )
+        .where(sides.c.member == member_id)
+        .group_by(sides.c.other)
+    ).all()
+    return [
+        PartnerFigures(row.other, int(row.given), int(row.received), int(row.exchanges))
+        for row in rows
+    ]
+
+
+def one_member_figures(
+    session: Session, window: Window, position: AccountPosition
+) -> MemberFigures:
+    """One account's flows in the window, with its position at the window's end."""
+    flow = session.execute(_flows_query(window, position.id)).first()
+    return MemberFigures(
+        member=position.id,
+        given=int(flow.given) if flow else 0,
+        received=int(flow.received) if flow else 0,
+        exchanges=int(flow.exchanges) if flow else 0,
+        partners=int(flow.partners) if flow else 0,
+        balance=position.balance,
+        lower_limit=position.lower_limit,
+        upper_limit=position.upper_limit,
+        last_exchange_at=position.last_exchange_at,
+    )

@@ -1,0 +1,48 @@
+"""`/v1/communities/{community_id}/mutuality` and `.../members/{member_id}/mutuality`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from protocoop.auth.deps import DatabaseDep, Overseer, Reader
+from protocoop.mutuality import service
+from protocoop.mutuality.schemas import MemberMutualityPublic, MutualityPublic
+from protocoop.responses import problem_responses
+from protocoop.schemas import MemberPath, Timestamp
+
+router = APIRouter(prefix="/v1/communities/{community_id}", tags=["mutuality"])
+
+Since = Annotated[Timestamp | None, Query(description="Window start (inclusive), RFC 3339.")]
+Until = Annotated[Timestamp | None, Query(description="Window end (exclusive), RFC 3339.")]
+
+
+@router.get(
+    "/mutuality", response_model=MutualityPublic, responses=problem_responses(401, 403, 404, 422)
+)
+def community_mutuality(
+    community_id: str, _: Overseer, db: DatabaseDep, since: Since = None, until: Until = None
+) -> MutualityPublic:
+    """Does mutuality hold? Integrity, zero sum and limits decide; reciprocity per member and
+    pair, and community indicators, describe. Reversed exchanges are not counted."""
+    with db.read() as session:
+        return service.community_mutuality(session, community_id, since, until)
+
+
+@router.get(
+    "/members/{member_id}/mutuality",
+    response_model=MemberMutualityPublic,
+    responses=problem_responses(401, 404, 422),
+)
+def member_mutuality(
+    community_id: str,
+    member_id: MemberPath,
+    _: Reader,
+    db: DatabaseDep,
+    since: Since = None,
+    until: Until = None,
+) -> MemberMutualityPublic:
+    """One member's reciprocity, overall and with each partner."""
+    with db.read() as session:
+        return service.member_mutuality_document(session, community_id, member_id, since, until)

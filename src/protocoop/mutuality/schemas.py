@@ -1,0 +1,117 @@
+"""Mutuality report documents."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from protocoop.audit.schemas import AuditProblem
+from protocoop.communities.schemas import Policy
+from protocoop.schemas import ResponseModel, Timestamp
+
+
+class WindowPublic(ResponseModel):
+    since: Timestamp | None
+    until: Timestamp | None
+
+
+class IntegrityPublic(ResponseModel):
+    """Invariants 1-5. Whole-ledger checks cover everything; exchanges are re-hashed one by one
+    after `verified_from_seq`, the point up to which the last full audit verified them."""
+
+    ok: bool
+    problems: list[AuditProblem]
+    verified_from_seq: int
+    checkpoint_at: Timestamp | None
+
+
+class ZeroSumPublic(ResponseModel):
+    ok: bool
+    sum: int
+
+
+class LimitPositionPublic(ResponseModel):
+    member: str
+    balance: int
+    lower_limit: int
+    upper_limit: int | None
+
+
+class LimitsPublic(ResponseModel):
+    outside: list[LimitPositionPublic] = Field(description="Must be empty for mutuality to hold.")
+    near_lower: list[LimitPositionPublic] = Field(description="Stuck in debt: near the floor.")
+    near_upper: list[LimitPositionPublic] = Field(description="Hoarding: near the ceiling.")
+
+
+class IndicatorsPublic(ResponseModel):
+    volume: int = Field(description="Sum of the window's counted amounts (minor units).")
+    exchanges: int
+    active_members: int
+    members: int
+    outstanding_credit: int = Field(description="Sum of positive balances at the window's end.")
+    velocity: float | None = Field(description="volume / outstanding_credit.")
+    mutuality_index: float | None = Field(
+        description="1 - (sum of positive net changes) / volume: 1 all matched, 0 all one way."
+    )
+    dormant_with_balance: int
+
+
+class MemberReciprocityPublic(ResponseModel):
+    member: str
+    given: int
+    received: int
+    exchanges: int
+    partners: int
+    balance: int
+    reciprocity: float | None
+    standing: Literal["reciprocal", "net_giver", "net_receiver", "inactive"]
+
+
+class PairPublic(ResponseModel):
+    a: str
+    b: str
+    a_to_b: int
+    b_to_a: int
+    net: int
+
+
+class WarningPublic(ResponseModel):
+    code: Literal["near_lower_limit", "near_upper_limit", "one_way_member", "dormant_with_balance"]
+    member: str | None = None
+    detail: str
+
+
+class MutualityPublic(ResponseModel):
+    """Does mutuality hold? `holds` is false only when integrity, zero-sum or limits fail;
+    reciprocity figures give warnings. Reversed exchanges and reversals are not counted."""
+
+    community: str
+    window: WindowPublic
+    as_of_seq: int
+    holds: bool
+    policy: Policy
+    integrity: IntegrityPublic
+    zero_sum: ZeroSumPublic
+    limits: LimitsPublic
+    indicators: IndicatorsPublic
+    members: list[MemberReciprocityPublic]
+    pairs: list[PairPublic] = Field(description="The 20 most imbalanced pairs.")
+    warnings: list[WarningPublic]
+
+
+class PartnerPublic(ResponseModel):
+    partner: str
+    given: int = Field(description="What the member provided to this partner.")
+    received: int = Field(description="What the member received from this partner.")
+    exchanges: int
+    net: int
+    reciprocity: float | None
+
+
+class MemberMutualityPublic(MemberReciprocityPublic):
+    as_of_seq: int
+    window: WindowPublic
+    with_partners: list[PartnerPublic] = Field(
+        description="One row per partner, most imbalanced first."
+    )

@@ -1,0 +1,125 @@
+"""The mutuality report of a community, and of one member: SQL figures in, pure report out."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from protocoop.audit.service import audit_community
+from protocoop.balances.service import head_seq, statement_window
+from protocoop.clock import utc_now
+from protocoop.communities.service import get_community, public
+from protocoop.errors import NotFound
+from protocoop.mutuality import figures
+from protocoop.mutuality.report import LedgerFigures, Policy, member_mutuality, mutuality_report
+from protocoop.mutuality.schemas import (
+    IndicatorsPublic,
+    IntegrityPublic,
+    LimitPositionPublic,
+    LimitsPublic,
+    MemberMutualityPublic,
+    MemberReciprocityPublic,
+    MutualityPublic,
+    PairPublic,
+    PartnerPublic,
+    WarningPublic,
+    WindowPublic,
+    ZeroSumPublic,
+)
+
+
+def _window(
+    session: Session, community_id: str, since: datetime | None, until: datetime | None
+) -> figures.Window:
+    from_seq, to_seq = statement_window(session, community_id, since, until)
+    return figures.Window(community_id, from_seq, to_seq, head_seq(session, community_id))
+
+
+def community_mutuality(
+    session: Session,
+    community_id: str,
+    since: datetime | None,
+    until: datetime | None,
+    *,
+    full_audit: bool = False,
+) -> MutualityPublic:
+    """The mutuality report (DESIGN §3) over the exchanges recorded in [since, until).
+
+    Integrity is checked since the last audit checkpoint, or from the first exchange with
+    `full_audit`."""
+    community = get_community(session, community_id)
+    policy = Policy(
+        reciprocity_threshold=community.reciprocity_threshold,
+        near_limit_ratio=community.near_limit_ratio,
+        dormant_after_days=community.dormant_after_days,
+    )
+    window = _window(session, community_id, since, until)
+    positions = figures.account_positions(session, window)
+    members = figures.member_figures(session, window, positions)
+    pairs = figures.most_imbalanced_pairs(session, window)
+    volume, exchanges = figures.totals(session, window)
+    audit = audit_community(session, community_id, since_checkpoint=not full_audit)
+    report = mutuality_report(
+        members,
+        pairs,
+        LedgerFigures(
+            balance_sum=sum(p.balance for p in positions),
+            integrity_problems=tuple(f"{p.code}: {p.detail}" for p in audit.problems),
+            volume=volume,
+            exchanges=exchanges,
+            outstanding_credit=sum(p.balance for p in positions if p.balance > 0),
+        ),
+        policy,
+        as_of=until or utc_now(),
+    )
+    return MutualityPublic(
+        community=community_id,
+        window=WindowPublic(since=since, until=until),
+        as_of_seq=window.to_seq,
+        holds=report.holds,
+        policy=public(community).policy,
+        integrity=IntegrityPublic(
+            ok=report.integrity_ok,
+            problems=audit.problems,
+            verified_from_seq=audit.from_seq,
+            checkpoint_at=audit.checkpoint_at,
+        ),
+        zero_sum=ZeroSumPublic(ok=report.zero_sum_ok, sum=report.balance_sum),
+        limits=LimitsPublic(
+            outside=[LimitPositionPublic(**asdict(p)) for p in report.outside],
+            near_lower=[LimitPositionPublic(**asdict(p)) for p in report.near_lower],
+            near_upper=[LimitPositionPublic(**asdict(p)) for p in report.near_upper],
+        ),
+        indicators=IndicatorsPublic(**asdict(report.indicators)),
+        members=[MemberReciprocityPublic(**asdict(m)) for m in report.members],
+        pairs=[PairPublic(**asdict(p)) for p in report.pairs],
+        warnings=[WarningPublic(**asdict(w)) for w in report.warnings],
+    )
+
+
+def member_mutuality_document(
+    session: Session,
+    community_id: str,
+    member_id: str,
+    since: datetime | None,
+    until: datetime | None,
+) -> MemberMutualityPublic:
+    """One member's reciprocity over [since, until), overall and with each partner."""
+    community = get_community(session, community_id)
+    window = _window(session, community_id, since, until)
+    positions = figures.account_positions(session, window, member_id)
+    if not positions:
+        raise NotFound(f"Member {member_id!r} not found.", member=member_id)
+    result = member_mutuality(
+        figures.one_member_figures(session, window, positions[0]),
+        figures.partner_figures(session, window, member_id),
+        Policy(reciprocity_threshold=community.reciprocity_threshold),
+    )
+    return MemberMutualityPublic(
+        **asdict(result.figures),
+        as_of_seq=window.to_seq,
+        window=WindowPublic(since=since, until=until),
+        with_partners=[PartnerPublic(**asdict(p)) for p in result.partners],
+    )
