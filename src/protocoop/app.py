@@ -15,6 +15,7 @@ from protocoop.balances.router import router as balances_router
 from protocoop.communities.router import router as communities_router
 from protocoop.config import Settings, get_settings
 from protocoop.db import Database, migrate
+from protocoop.events.router import router as events_router
 from protocoop.http import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
 from protocoop.idempotency import InFlight
 from protocoop.ledger.router import router as exchanges_router
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         balances_router,
         audit_router,
         mutuality_router,
+        events_router,
         api_keys_router,
     ):
         app.include_router(router)

@@ -152,6 +152,12 @@ def _print_rows(rows: list[BaseModel], columns: list[str], as_json: bool) -> Non
 
 # --- serve -------------------------------------------------------------------------------------
 
+WORKER_HEALTHCHECK_TIMEOUT_S = 60
+"""How long uvicorn's supervisor waits for a worker to answer its ping before killing it as hung.
+A spawned worker answers only once it has re-imported this module (typer, FastAPI, SQLAlchemy,
+Alembic: ~3 s on an idle small machine); with uvicorn's default of 5 s, a busy machine kills and
+respawns workers in a loop, and `--workers N` never serves with N workers."""
+
 
 @app.command()
 def serve(
@@ -160,12 +166,17 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Serve the HTTP API with uvicorn (migrating an embedded SQLite database first)."""
+    import inspect
+
     import uvicorn
 
     settings = _settings()
     with _clear_errors():
         if settings.auto_migrate:
             migrate.upgrade(settings.database_url)
+    supervisor: dict[str, Any] = {}
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
+        supervisor["timeout_worker_healthcheck"] = WORKER_HEALTHCHECK_TIMEOUT_S
     uvicorn.run(
         "protocoop.app:create_app",
         factory=True,
@@ -175,6 +186,7 @@ def serve(
         log_level=settings.log_level,
         access_log=False,
         proxy_headers=False,
+        **supervisor,
     )
 
 

@@ -59,7 +59,10 @@ def _reject_non_string(value: Any) -> Any:
 
 
 def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as error:  # e.g. 9999-12-31T23:59:59-05:00 is past year 9999 in UTC
+        raise ValueError("must be a time between years 1 and 9999 in UTC") from error
 
 
 Timestamp = Annotated[

@@ -99,7 +99,7 @@ def list_balances(
 ) -> Any:
     """Every account's balance as one consistent snapshot: every page is at the first page's
     `as_of_seq`, and `sum` (over the whole snapshot) is 0. `Accept: text/csv` gives it all."""
-    position = decode_cursor(cursor, expect=("as_of_seq", "after"))
+    position = decode_cursor(cursor, expect={"as_of_seq": int, "after": str})
     if wants_csv(request):
         with db.read() as session:
             seq = service.head_seq(session, community_id)
@@ -141,7 +141,7 @@ def get_statement(
 ) -> Any:
     """The member's entries in [since, until) with running balance, opening and closing
     balance. `Accept: text/csv` gives the whole window."""
-    position = decode_cursor(cursor, expect=("from_seq", "to_seq", "after_seq"))
+    position = decode_cursor(cursor, expect={"from_seq": int, "to_seq": int, "after_seq": int})
     with db.read() as session:
         if position:
             from_seq, to_seq = position["from_seq"], position["to_seq"]

@@ -56,6 +56,22 @@ class Community(Base):
             "near_limit_ratio >= 0 AND near_limit_ratio <= 1", name="near_limit_ratio_range"
         ),
         CheckConstraint("dormant_after_days >= 1", name="dormant_after_days_positive"),
+        CheckConstraint(
+            "(levy_rate_ppm IS NULL) = (levy_paid_by IS NULL) "
+            "AND (levy_rate_ppm IS NULL) = (levy_minimum IS NULL)",
+            name="levy_complete_or_absent",
+        ),
+        CheckConstraint(
+            "levy_rate_ppm IS NULL OR (levy_rate_ppm >= 0 AND levy_rate_ppm <= 1000000)",
+            name="levy_rate_range",
+        ),
+        CheckConstraint(
+            "levy_minimum IS NULL OR levy_minimum >= 0", name="levy_minimum_nonnegative"
+        ),
+        CheckConstraint(
+            "levy_paid_by IS NULL OR levy_paid_by IN ('provider', 'receiver')",
+            name="levy_payer_known",
+        ),
     )
 
     id: Mapped[str] = mapped_column(SLUG, primary_key=True)
@@ -80,6 +96,12 @@ class Community(Base):
     """Mutuality policy: a balance within this fraction (0..1) of a limit is near it."""
     dormant_after_days: Mapped[int] = mapped_column(Integer, server_default="90")
     """Mutuality policy: a member with no exchange for this many days is dormant."""
+    levy_rate_ppm: Mapped[int | None] = mapped_column(Integer)
+    """Levy into @commons, in parts per million of each exchange's amount; null: no levy."""
+    levy_minimum: Mapped[int | None] = mapped_column(BigInteger)
+    """The smallest levy taken from an exchange (minor units)."""
+    levy_paid_by: Mapped[str | None] = mapped_column(String(16))
+    """Who pays the levy: `provider` (receives amount - levy) or `receiver` (pays amount + levy)."""
     created_at: Mapped[datetime]
     """When the community was created (UTC)."""
     updated_at: Mapped[datetime]
@@ -91,7 +113,13 @@ class LedgerHead(Base):
     the hash chain, so postings in one community are serialized and gap-free."""
 
     __tablename__ = "ledger_heads"
-    __table_args__ = (CheckConstraint("last_seq >= 0", name="last_seq_nonnegative"),)
+    __table_args__ = (
+        CheckConstraint("last_seq >= 0", name="last_seq_nonnegative"),
+        CheckConstraint(
+            "counted_volume >= 0 AND counted_exchanges >= 0", name="counted_nonnegative"
+        ),
+        CheckConstraint("last_event_id >= 0", name="last_event_id_nonnegative"),
+    )
 
     community_id: Mapped[str] = mapped_column(SLUG, ForeignKey("communities.id"), primary_key=True)
     """The community whose ledger this is."""
@@ -101,6 +129,13 @@ class LedgerHead(Base):
     """`hash` of the latest completed exchange (64 zeros before the first)."""
     last_created_at: Mapped[datetime | None]
     """`created_at` of the latest exchange; later ones never get an earlier time."""
+    counted_volume: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """Mutuality figure: sum of amounts of counted exchanges (not reversed, not reversals)."""
+    counted_exchanges: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """Mutuality figure: number of counted exchanges."""
+    last_event_id: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """Id of the community's latest event: events are numbered under this row's lock, so their
+    ids follow commit order without gaps."""
 
 
 class Account(Base):
@@ -128,6 +163,10 @@ class Account(Base):
             f"balance >= {-MAX_BALANCE} AND balance + reserved_credit <= {MAX_BALANCE}",
             name="balance_bounded",
         ),
+        CheckConstraint(
+            "given >= 0 AND received >= 0 AND exchange_count >= 0 AND partner_count >= 0",
+            name="figures_nonnegative",
+        ),
     )
 
     community_id: Mapped[str] = mapped_column(SLUG, ForeignKey("communities.id"), primary_key=True)
@@ -146,6 +185,17 @@ class Account(Base):
     """What pending exchanges will take from the balance (>= 0)."""
     reserved_credit: Mapped[int] = mapped_column(BigInteger, default=0)
     """What pending exchanges will add to the balance (>= 0)."""
+    given: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """Mutuality figure: sum of amounts of counted exchanges this account provided (reversed
+    exchanges and reversals are not counted)."""
+    received: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """Mutuality figure: sum of amounts of counted exchanges this account received."""
+    exchange_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """Mutuality figure: counted exchanges this account took part in."""
+    partner_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Mutuality figure: distinct counterparties over counted exchanges."""
+    last_exchange_at: Mapped[datetime | None]
+    """When the account last took part in a completed exchange (for dormancy)."""
     created_at: Mapped[datetime]
     """When the account was opened (UTC)."""
 
@@ -174,6 +224,40 @@ class Member(Base):
     """When the member joined (UTC)."""
     updated_at: Mapped[datetime]
     """When the member was last changed (UTC)."""
+
+
+class PairFlow(Base):
+    """What two accounts gave each other over counted exchanges, kept up to date by posting so
+    the mutuality report never scans the whole history. `a` < `b`."""
+
+    __tablename__ = "pair_flows"
+    __table_args__ = (
+        ForeignKeyConstraint(["community_id", "a"], ["accounts.community_id", "accounts.id"]),
+        ForeignKeyConstraint(["community_id", "b"], ["accounts.community_id", "accounts.id"]),
+        CheckConstraint("a < b", name="ordered"),
+        CheckConstraint(
+            "a_to_b >= 0 AND b_to_a >= 0 AND exchanges >= 0", name="figures_nonnegative"
+        ),
+        CheckConstraint(
+            "imbalance = a_to_b - b_to_a OR imbalance = b_to_a - a_to_b", name="imbalance_is_net"
+        ),
+        Index(None, "community_id", "imbalance"),
+    )
+
+    community_id: Mapped[str] = mapped_column(SLUG, primary_key=True)
+    """The community of both accounts."""
+    a: Mapped[str] = mapped_column(SLUG, primary_key=True)
+    """The account whose id sorts first."""
+    b: Mapped[str] = mapped_column(SLUG, primary_key=True)
+    """The account whose id sorts second."""
+    a_to_b: Mapped[int] = mapped_column(BigInteger)
+    """Amounts `a` provided to `b` (minor units)."""
+    b_to_a: Mapped[int] = mapped_column(BigInteger)
+    """Amounts `b` provided to `a` (minor units)."""
+    exchanges: Mapped[int] = mapped_column(BigInteger)
+    """Counted exchanges between them; 0 means they are no longer partners."""
+    imbalance: Mapped[int] = mapped_column(BigInteger)
+    """|a_to_b - b_to_a|, indexed so the most imbalanced pairs are one index scan away."""
 
 
 class ApiKey(Base):
@@ -226,6 +310,11 @@ class Exchange(Base):
         CheckConstraint(f"amount > 0 AND amount <= {MAX_AMOUNT}", name="amount_range"),
         CheckConstraint("provider <> receiver", name="distinct_parties"),
         CheckConstraint("length(description) >= 1", name="description_nonempty"),
+        CheckConstraint(
+            "(levy_amount IS NULL) = (levy_paid_by IS NULL) AND "
+            "(levy_amount IS NULL OR levy_amount > 0)",
+            name="levy_consistent",
+        ),
         Index(None, "community_id", "created_at"),
     )
 
@@ -255,6 +344,10 @@ class Exchange(Base):
     """Id of the exchange this one reverses; an exchange is reversed at most once."""
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONDocument)
     """The app's JSON object (<= 4 KiB), stored as given, not hashed."""
+    levy_amount: Mapped[int | None] = mapped_column(BigInteger)
+    """The levy paid into @commons with this exchange (minor units; its entry is hashed)."""
+    levy_paid_by: Mapped[str | None] = mapped_column(String(16))
+    """`provider` or `receiver`: who paid the levy."""
     created_by: Mapped[str | None] = mapped_column(KEY_ID, ForeignKey("api_keys.id"))
     """Id of the API key that posted it."""
     prev_hash: Mapped[str] = mapped_column(HASH)
@@ -338,3 +431,86 @@ class AuditCheckpoint(Base):
     """The chain's hash at `seq` (64 zeros for 0)."""
     checked_at: Mapped[datetime]
     """When the full audit ran (UTC)."""
+
+
+class PendingExchange(Base):
+    """A proposed exchange waiting for the other side: it reserves its amount (the receiver's
+    `reserved_debit`, the provider's `reserved_credit`) until it is accepted, rejected, cancelled
+    or expires. Accepting records an exchange with the same id in the ledger."""
+
+    __tablename__ = "pending_exchanges"
+    __table_args__ = (
+        UniqueConstraint("community_id", "external_id"),
+        ForeignKeyConstraint(
+            ["community_id", "provider"], ["accounts.community_id", "accounts.id"]
+        ),
+        ForeignKeyConstraint(
+            ["community_id", "receiver"], ["accounts.community_id", "accounts.id"]
+        ),
+        CheckConstraint(f"amount > 0 AND amount <= {MAX_AMOUNT}", name="amount_range"),
+        CheckConstraint("provider <> receiver", name="distinct_parties"),
+        CheckConstraint("length(description) >= 1", name="description_nonempty"),
+        CheckConstraint("initiated_by IN ('provider', 'receiver')", name="initiator_known"),
+        CheckConstraint(
+            "status IN ('pending', 'completed', 'rejected', 'cancelled', 'expired')",
+            name="status_known",
+        ),
+        CheckConstraint(
+            "(levy_amount IS NULL) = (levy_paid_by IS NULL) AND "
+            "(levy_amount IS NULL OR levy_amount > 0)",
+            name="levy_consistent",
+        ),
+        CheckConstraint("expires_at > created_at", name="expires_after_creation"),
+        Index(None, "community_id", "status", "expires_at"),
+    )
+
+    community_id: Mapped[str] = mapped_column(SLUG, primary_key=True)
+    """The community of the proposal."""
+    id: Mapped[str] = mapped_column(EXCHANGE_ID, primary_key=True)
+    """UUID; the completed exchange gets the same id."""
+    provider: Mapped[str] = mapped_column(SLUG)
+    """Account that will give; reserved credit until settled."""
+    receiver: Mapped[str] = mapped_column(SLUG)
+    """Account that will receive; reserved debit until settled."""
+    amount: Mapped[int] = mapped_column(BigInteger)
+    """Value, minor units, 1..10^15."""
+    description: Mapped[str] = mapped_column(String(500))
+    category: Mapped[str | None] = mapped_column(String(100))
+    external_id: Mapped[str | None] = mapped_column(String(200))
+    """The app's own id; unique in the community across proposals and exchanges."""
+    occurred_at: Mapped[datetime | None]
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONDocument)
+    levy_amount: Mapped[int | None] = mapped_column(BigInteger)
+    """The levy fixed when proposed (and reserved with the amount)."""
+    levy_paid_by: Mapped[str | None] = mapped_column(String(16))
+    initiated_by: Mapped[str] = mapped_column(String(16))
+    """`provider` or `receiver`: who proposed (and may cancel); the other side accepts or
+    rejects."""
+    status: Mapped[str] = mapped_column(String(16))
+    """`pending`, then `completed`, `rejected`, `cancelled` or `expired`."""
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    """When the reservation lapses if nobody settled it."""
+    resolved_at: Mapped[datetime | None]
+    """When it left `pending`."""
+    created_by: Mapped[str | None] = mapped_column(KEY_ID, ForeignKey("api_keys.id"))
+
+
+class Event(Base):
+    """The outbox: one row per state change, written in the same transaction as the change.
+    Ids count up per community in commit order, so a reader that remembers the last id it saw
+    misses nothing and sees nothing twice."""
+
+    __tablename__ = "events"
+
+    community_id: Mapped[str] = mapped_column(
+        SLUG, ForeignKey("ledger_heads.community_id"), primary_key=True
+    )
+    """The community the event belongs to."""
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    """1, 2, 3... per community, in commit order."""
+    type: Mapped[str] = mapped_column(String(40))
+    """e.g. `exchange.completed`, `member.updated`."""
+    created_at: Mapped[datetime]
+    data: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    """The resource as it was right after the change."""

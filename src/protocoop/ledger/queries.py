@@ -1,4 +1,9 @@
-"""Reading exchanges back: one, or a page of them in `seq` order."""
+"""Reading exchanges back: one, or a page of them.
+
+Completed exchanges live in the append-only ledger (`exchanges`, ordered by `seq`); proposals
+that are or were pending live in `pending_exchanges` (ordered by creation). An accepted proposal
+is in both under one id, and the ledger's copy is the one shown.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,30 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Select, select
+from sqlalchemy import Row, Select, and_, select
 from sqlalchemy.orm import Session
 
-from protocoop.db.models import Entry, Exchange
+from protocoop.clock import utc_now
+from protocoop.db.models import Entry, Exchange, PendingExchange
 from protocoop.errors import NotFound
-from protocoop.ledger.schemas import EntryPublic, ExchangePublic
+from protocoop.ledger.schemas import EntryPublic, ExchangePublic, LevyPublic
 from protocoop.ledger.service import PostedExchange
 from protocoop.pagination import encode_cursor
 from protocoop.schemas import Page
 
 _x = Exchange.__table__
 _e = Entry.__table__
+_p = PendingExchange.__table__
+
+PROPOSAL_STATUSES = ("pending", "rejected", "cancelled", "expired")
+
+
+def _levy(amount: int | None, paid_by: str | None) -> LevyPublic | None:
+    return LevyPublic(amount=amount, paid_by=paid_by) if amount else None  # type: ignore[arg-type]
 
 
 def public(posted: PostedExchange) -> ExchangePublic:
-    """The API document of a just-recorded exchange."""
+    """The API document of an exchange as just recorded or settled."""
     return ExchangePublic(
         id=posted.id,
         seq=posted.seq,
@@ -34,20 +47,26 @@ def public(posted: PostedExchange) -> ExchangePublic:
         external_id=posted.external_id,
         occurred_at=posted.occurred_at,
         created_at=posted.created_at,
+        status=posted.status,  # type: ignore[arg-type]
         reverses=posted.reverses,
         reversed_by=posted.reversed_by,
         metadata=posted.metadata,
+        levy=_levy(posted.levy_amount, posted.levy_paid_by),
         entries=[
             EntryPublic(account=e.account, amount=e.amount, balance_after=e.balance_after)
             for e in posted.entries
         ],
         prev_hash=posted.prev_hash,
         hash=posted.hash,
+        initiated_by=posted.initiated_by,  # type: ignore[arg-type]
+        expires_at=posted.expires_at,
+        resolved_at=posted.resolved_at,
     )
 
 
 def _documents(session: Session, community_id: str, rows: list[Row[Any]]) -> list[ExchangePublic]:
-    """Exchange rows with their entries and `reversed_by`, in two more queries for the page."""
+    """Ledger rows with their entries, `reversed_by` and proposal details, in three more
+    queries for the page."""
     ids = [row.id for row in rows]
     if not ids:
         return []
@@ -69,28 +88,71 @@ def _documents(session: Session, community_id: str, rows: list[Row[Any]]) -> lis
             )
         ).all()
     )
-    return [
-        ExchangePublic(
-            id=row.id,
-            seq=row.seq,
-            community=community_id,
-            provider=row.provider,
-            receiver=row.receiver,
-            amount=row.amount,
-            description=row.description,
-            category=row.category,
-            external_id=row.external_id,
-            occurred_at=row.occurred_at or row.created_at,
-            created_at=row.created_at,
-            reverses=row.reverses,
-            reversed_by=reversed_by.get(row.id),
-            metadata=row.metadata,
-            entries=entries[row.id],
-            prev_hash=row.prev_hash,
-            hash=row.hash,
+    proposals = {
+        row.id: row
+        for row in session.execute(
+            select(_p.c.id, _p.c.initiated_by, _p.c.expires_at, _p.c.resolved_at).where(
+                _p.c.community_id == community_id, _p.c.id.in_(ids)
+            )
         )
-        for row in rows
-    ]
+    }
+    documents = []
+    for row in rows:
+        proposal = proposals.get(row.id)
+        documents.append(
+            ExchangePublic(
+                id=row.id,
+                seq=row.seq,
+                community=community_id,
+                provider=row.provider,
+                receiver=row.receiver,
+                amount=row.amount,
+                description=row.description,
+                category=row.category,
+                external_id=row.external_id,
+                occurred_at=row.occurred_at or row.created_at,
+                created_at=row.created_at,
+                status="completed",
+                reverses=row.reverses,
+                reversed_by=reversed_by.get(row.id),
+                metadata=row.metadata,
+                levy=_levy(row.levy_amount, row.levy_paid_by),
+                entries=entries[row.id],
+                prev_hash=row.prev_hash,
+                hash=row.hash,
+                initiated_by=proposal.initiated_by if proposal else None,
+                expires_at=proposal.expires_at if proposal else None,
+                resolved_at=proposal.resolved_at if proposal else None,
+            )
+        )
+    return documents
+
+
+def _proposal_document(community_id: str, row: Any) -> ExchangePublic:
+    return ExchangePublic(
+        id=row.id,
+        seq=None,
+        community=community_id,
+        provider=row.provider,
+        receiver=row.receiver,
+        amount=row.amount,
+        description=row.description,
+        category=row.category,
+        external_id=row.external_id,
+        occurred_at=row.occurred_at or row.created_at,
+        created_at=row.created_at,
+        status=row.status,
+        reverses=None,
+        reversed_by=None,
+        metadata=row.metadata,
+        levy=_levy(row.levy_amount, row.levy_paid_by),
+        entries=[],
+        prev_hash=None,
+        hash=None,
+        initiated_by=row.initiated_by,
+        expires_at=row.expires_at,
+        resolved_at=row.resolved_at,
+    )
 
 
 def _exchange_columns() -> Select[Any]:
@@ -107,18 +169,54 @@ def _exchange_columns() -> Select[Any]:
         _x.c.created_at,
         _x.c.reverses,
         _x.c.metadata,
+        _x.c.levy_amount,
+        _x.c.levy_paid_by,
         _x.c.prev_hash,
         _x.c.hash,
     )
 
 
 def get_exchange(session: Session, community_id: str, exchange_id: str) -> ExchangePublic:
+    """An exchange by id: from the ledger once completed, else the proposal."""
     row = session.execute(
         _exchange_columns().where(_x.c.community_id == community_id, _x.c.id == exchange_id)
     ).first()
-    if row is None:
+    if row is not None:
+        return _documents(session, community_id, [row])[0]
+    proposal = session.execute(
+        select(_p).where(_p.c.community_id == community_id, _p.c.id == exchange_id)
+    ).first()
+    if proposal is None:
         raise NotFound(f"Exchange {exchange_id!r} not found.")
-    return _documents(session, community_id, [row])[0]
+    return _proposal_document(community_id, proposal)
+
+
+def is_due_for_expiry(session: Session, community_id: str, exchange_id: str) -> bool:
+    """Whether the exchange is a pending proposal whose time is up (so a read should first
+    release it)."""
+    return (
+        session.execute(
+            select(_p.c.id).where(
+                _p.c.community_id == community_id,
+                _p.c.id == exchange_id,
+                _p.c.status == "pending",
+                _p.c.expires_at <= utc_now(),
+            )
+        ).first()
+        is not None
+    )
+
+
+def has_due_expiries(session: Session, community_id: str, account_id: str | None = None) -> bool:
+    """Whether any pending proposal (touching `account_id`, when given) is past its time."""
+    query = select(_p.c.id).where(
+        _p.c.community_id == community_id,
+        _p.c.status == "pending",
+        _p.c.expires_at <= utc_now(),
+    )
+    if account_id is not None:
+        query = query.where((_p.c.provider == account_id) | (_p.c.receiver == account_id))
+    return session.execute(query.limit(1)).first() is not None
 
 
 def list_exchanges(
@@ -131,8 +229,8 @@ def list_exchanges(
     after_seq: int,
     limit: int,
 ) -> Page[ExchangePublic]:
-    """Exchanges in `seq` order after `after_seq`; `member` keeps those posting to that account,
-    `since`/`until` bound `created_at` to [since, until)."""
+    """Completed exchanges in `seq` order after `after_seq`; `member` keeps those posting to
+    that account, `since`/`until` bound `created_at` to [since, until)."""
     query = _exchange_columns().where(_x.c.community_id == community_id, _x.c.seq > after_seq)
     if member is not None:
         query = query.where(
@@ -151,3 +249,42 @@ def list_exchanges(
     rows = list(session.execute(query.order_by(_x.c.seq).limit(limit + 1)).all())
     next_cursor = encode_cursor({"after_seq": rows[limit - 1].seq}) if len(rows) > limit else None
     return Page(items=_documents(session, community_id, rows[:limit]), next_cursor=next_cursor)
+
+
+def list_proposals(
+    session: Session,
+    community_id: str,
+    *,
+    status: str,
+    member: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> Page[ExchangePublic]:
+    """Proposals with `status` (pending, rejected, cancelled, expired) in creation order."""
+    query = select(_p).where(_p.c.community_id == community_id, _p.c.status == status)
+    if member is not None:
+        query = query.where((_p.c.provider == member) | (_p.c.receiver == member))
+    if since is not None:
+        query = query.where(_p.c.created_at >= since)
+    if until is not None:
+        query = query.where(_p.c.created_at < until)
+    if after is not None:
+        created_at, exchange_id = after
+        query = query.where(
+            (_p.c.created_at > created_at)
+            | and_(_p.c.created_at == created_at, _p.c.id > exchange_id)
+        )
+    rows = list(session.execute(query.order_by(_p.c.created_at, _p.c.id).limit(limit + 1)))
+    next_cursor = (
+        encode_cursor(
+            {"after_time": rows[limit - 1].created_at.isoformat(), "after_id": rows[limit - 1].id}
+        )
+        if len(rows) > limit
+        else None
+    )
+    return Page(
+        items=[_proposal_document(community_id, row) for row in rows[:limit]],
+        next_cursor=next_cursor,
+    )

@@ -1,28 +1,32 @@
-"""`/v1/communities/{community_id}/exchanges`."""
+"""`/v1/communities/{community_id}/exchanges`: record, propose, settle, reverse, read."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated, Literal
+from datetime import datetime
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session
 
 from protocoop.auth.deps import DatabaseDep, Manager, Poster, Reader
 from protocoop.auth.roles import Principal, Role
-from protocoop.errors import Forbidden
+from protocoop.db import Database
+from protocoop.errors import Forbidden, ValidationFailed
 from protocoop.idempotency import IdempotencyDep, respond
 from protocoop.ledger import queries
 from protocoop.ledger.schemas import (
+    DEFAULT_EXPIRES_IN,
     BatchPublic,
     ExchangeBatch,
     ExchangeCreate,
     ExchangePublic,
+    ExchangeStatus,
     ReverseRequest,
 )
-from protocoop.ledger.service import Draft, post_exchanges
+from protocoop.ledger.service import Draft, Settlement, expire_due, post_exchanges, settle_exchange
 from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
-from protocoop.responses import Rendered, problem_responses, render
+from protocoop.responses import Rendered, problem_responses, render, render_problem
 from protocoop.schemas import ACCOUNT_ID_PATTERN, ExchangePath, Page, Timestamp
 
 router = APIRouter(prefix="/v1/communities/{community_id}/exchanges", tags=["exchanges"])
@@ -40,6 +44,9 @@ def draft(spec: ExchangeCreate) -> Draft:
         external_id=spec.external_id,
         occurred_at=spec.occurred_at,
         metadata=spec.metadata,
+        pending=spec.pending,
+        initiated_by=spec.initiated_by,
+        expires_in=spec.expires_in or DEFAULT_EXPIRES_IN,
     )
 
 
@@ -60,20 +67,17 @@ def post_exchange(
     idempotency: IdempotencyDep,
     request: Request,
 ) -> Response:
-    """Record an exchange: the receiver's balance goes down by `amount`, the provider's up."""
+    """Record an exchange: the receiver's balance goes down by `amount`, the provider's up.
+    With `"pending": true` it is only proposed: its amount is reserved until it is accepted,
+    rejected, cancelled or expires."""
     _guard_system_accounts(principal, [spec])
     drafts = [draft(spec)]
-    return respond(
-        request,
-        community_id,
-        idempotency,
-        lambda session: render(
-            201,
-            queries.public(
-                post_exchanges(session, community_id, drafts, created_by=principal.key_id)[0]
-            ),
-        ),
-    )
+
+    def work(session: Session) -> Rendered:
+        posted = post_exchanges(session, community_id, drafts, created_by=principal.key_id)
+        return render(201, queries.public(posted[0]))
+
+    return respond(request, community_id, idempotency, work)
 
 
 @router.post(":batch", status_code=201, response_model=BatchPublic, responses=POSTING_PROBLEMS)
@@ -112,21 +116,78 @@ def reverse_exchange(
     idempotency: IdempotencyDep,
     request: Request,
 ) -> Response:
-    """Undo an exchange with a new one going the other way (`reverses`); once only."""
+    """Undo a completed exchange with a new one going the other way (`reverses`); once only."""
     reversal = Draft(
         provider="", receiver="", amount=0, description=spec.reason, reverses=exchange_id
     )
-    return respond(
-        request,
-        community_id,
-        idempotency,
-        lambda session: render(
-            201,
-            queries.public(
-                post_exchanges(session, community_id, [reversal], created_by=principal.key_id)[0]
-            ),
-        ),
-    )
+
+    def work(session: Session) -> Rendered:
+        posted = post_exchanges(session, community_id, [reversal], created_by=principal.key_id)
+        return render(201, queries.public(posted[0]))
+
+    return respond(request, community_id, idempotency, work)
+
+
+def _settle(
+    request: Request,
+    community_id: str,
+    exchange_id: str,
+    action: Settlement,
+    idempotency: IdempotencyDep,
+) -> Response:
+    def work(session: Session) -> Rendered:
+        settled = settle_exchange(session, community_id, exchange_id, action)
+        if isinstance(settled, Exception):  # found expired: the release is kept, the answer 409
+            return render_problem(settled)
+        return render(200, queries.public(settled))
+
+    return respond(request, community_id, idempotency, work)
+
+
+SETTLE_RESPONSES = problem_responses(401, 403, 404, 409, 503)
+
+
+@router.post("/{exchange_id}/accept", response_model=ExchangePublic, responses=SETTLE_RESPONSES)
+def accept_exchange(
+    community_id: str,
+    exchange_id: ExchangePath,
+    _: Poster,
+    idempotency: IdempotencyDep,
+    request: Request,
+) -> Response:
+    """Accept a pending exchange: it is recorded now (entries, `seq`, `hash`) and its
+    reservation released, in one transaction. Never fails on limits: they were reserved."""
+    return _settle(request, community_id, exchange_id, "accept", idempotency)
+
+
+@router.post("/{exchange_id}/reject", response_model=ExchangePublic, responses=SETTLE_RESPONSES)
+def reject_exchange(
+    community_id: str,
+    exchange_id: ExchangePath,
+    _: Poster,
+    idempotency: IdempotencyDep,
+    request: Request,
+) -> Response:
+    """The counterparty declines a pending exchange; its reservation is released."""
+    return _settle(request, community_id, exchange_id, "reject", idempotency)
+
+
+@router.post("/{exchange_id}/cancel", response_model=ExchangePublic, responses=SETTLE_RESPONSES)
+def cancel_exchange(
+    community_id: str,
+    exchange_id: ExchangePath,
+    _: Poster,
+    idempotency: IdempotencyDep,
+    request: Request,
+) -> Response:
+    """The initiator withdraws a pending exchange; its reservation is released."""
+    return _settle(request, community_id, exchange_id, "cancel", idempotency)
+
+
+def release_expired(db: Database, community_id: str, *, due: bool) -> None:
+    """Lazy expiry: a read that found a proposal past its time releases it first."""
+    if due:
+        db.run_write(lambda session: expire_due(session, community_id))
 
 
 @router.get("", response_model=Page[ExchangePublic], responses=problem_responses(401, 404, 422))
@@ -135,24 +196,49 @@ def list_exchanges(
     _: Reader,
     db: DatabaseDep,
     member: Annotated[str | None, Query(pattern=ACCOUNT_ID_PATTERN)] = None,
-    status: Annotated[Literal["completed"] | None, Query()] = None,
+    status: Annotated[ExchangeStatus, Query()] = "completed",
     since: Annotated[Timestamp | None, Query()] = None,
     until: Annotated[Timestamp | None, Query()] = None,
     after_seq: Annotated[int, Query(ge=0, lt=2**63)] = 0,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> Page[ExchangePublic]:
-    """Exchanges in `seq` order; `member` keeps those it took part in, `since`/`until` bound
-    the recording time to [since, until)."""
-    position = decode_cursor(cursor, expect=("after_seq",))
+    """Completed exchanges in `seq` order (the ledger), or with `status` pending, rejected,
+    cancelled or expired the proposals in creation order. `member` keeps those it took part in;
+    `since`/`until` bound the time recorded to [since, until)."""
+    if status == "completed":
+        position = decode_cursor(cursor, expect={"after_seq": int})
+        with db.read() as session:
+            return queries.list_exchanges(
+                session,
+                community_id,
+                member=member,
+                since=since,
+                until=until,
+                after_seq=position["after_seq"] if position else after_seq,
+                limit=limit,
+            )
+    proposals = decode_cursor(cursor, expect={"after_time": str, "after_id": str})
+    after = None
+    if proposals:
+        try:
+            after = (datetime.fromisoformat(proposals["after_time"]), proposals["after_id"])
+        except ValueError as error:
+            raise ValidationFailed(
+                [{"loc": ["query", "cursor"], "msg": "not a cursor this list gave out"}]
+            ) from error
     with db.read() as session:
-        return queries.list_exchanges(
+        due = queries.has_due_expiries(session, community_id)
+    release_expired(db, community_id, due=due)
+    with db.read() as session:
+        return queries.list_proposals(
             session,
             community_id,
+            status=status,
             member=member,
             since=since,
             until=until,
-            after_seq=position["after_seq"] if position else after_seq,
+            after=after,
             limit=limit,
         )
 
@@ -163,5 +249,9 @@ def list_exchanges(
 def get_exchange(
     community_id: str, exchange_id: ExchangePath, _: Reader, db: DatabaseDep
 ) -> ExchangePublic:
+    """One exchange, completed or proposed."""
+    with db.read() as session:
+        due = queries.is_due_for_expiry(session, community_id, exchange_id)
+    release_expired(db, community_id, due=due)
     with db.read() as session:
         return queries.get_exchange(session, community_id, exchange_id)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, Strict, StringConstraints
+from pydantic import AfterValidator, Field, Strict, StrictBool, StringConstraints, model_validator
 
 from protocoop.schemas import AccountId, Amount, RequestModel, ResponseModel, Timestamp
 
 MAX_METADATA_BYTES = 4096
 MAX_BATCH = 1000
+DEFAULT_EXPIRES_IN = 7 * 24 * 3600
+MAX_EXPIRES_IN = 90 * 24 * 3600
 
 
 def _small_json_object(value: dict[str, Any]) -> dict[str, Any]:
@@ -44,6 +46,26 @@ class ExchangeCreate(RequestModel):
         default=None, description="When it happened (default: when it is recorded)."
     )
     metadata: Metadata | None = Field(default=None, description="A JSON object, at most 4 KiB.")
+    pending: StrictBool = Field(
+        default=False,
+        description="Propose instead of record: the amount is reserved until the other side "
+        "accepts, rejects, the initiator cancels, or it expires.",
+    )
+    initiated_by: Literal["provider", "receiver"] = Field(
+        default="provider", description="Who proposes a pending exchange (and may cancel it)."
+    )
+    expires_in: Annotated[int, Strict(), Field(ge=60, le=MAX_EXPIRES_IN)] | None = Field(
+        default=None,
+        description="Seconds a pending exchange stays open (60 s to 90 days; default 7 days).",
+    )
+
+    @model_validator(mode="after")
+    def _pending_options_need_pending(self) -> ExchangeCreate:
+        if not self.pending and (
+            self.expires_in is not None or "initiated_by" in self.model_fields_set
+        ):
+            raise ValueError("initiated_by and expires_in apply to pending exchanges only")
+        return self
 
 
 class ExchangeBatch(RequestModel):
@@ -64,9 +86,17 @@ class EntryPublic(ResponseModel):
     balance_after: int
 
 
+class LevyPublic(ResponseModel):
+    amount: int = Field(description="Paid into @commons with this exchange (minor units).")
+    paid_by: Literal["provider", "receiver"]
+
+
+ExchangeStatus = Literal["completed", "pending", "rejected", "cancelled", "expired"]
+
+
 class ExchangePublic(ResponseModel):
     id: str
-    seq: int
+    seq: int | None = Field(description="Position in the ledger; null until completed.")
     community: str
     provider: str
     receiver: str
@@ -76,13 +106,23 @@ class ExchangePublic(ResponseModel):
     external_id: str | None
     occurred_at: Timestamp
     created_at: Timestamp
-    status: Literal["completed"] = "completed"
+    status: ExchangeStatus
     reverses: str | None
     reversed_by: str | None
     metadata: dict[str, Any] | None
-    entries: list[EntryPublic]
-    prev_hash: str
-    hash: str
+    levy: LevyPublic | None = None
+    entries: list[EntryPublic] = Field(description="Empty until completed.")
+    prev_hash: str | None
+    hash: str | None
+    initiated_by: Literal["provider", "receiver"] | None = Field(
+        default=None, description="For a proposal: who proposed it."
+    )
+    expires_at: Timestamp | None = Field(
+        default=None, description="For a proposal: when its reservation lapses."
+    )
+    resolved_at: Timestamp | None = Field(
+        default=None, description="For a proposal: when it stopped being pending."
+    )
 
 
 class BatchPublic(ResponseModel):

@@ -1,31 +1,49 @@
-"""Posting exchanges: the one path by which balances change.
+"""Posting exchanges: the one path by which balances and reservations change.
 
 `LockedLedger` is a community's ledger inside one write transaction:
 
-1. lock the community's ledger head row (serializes postings: `seq` and the hash chain);
-2. lock the accounts involved, in id order, and check every exchange against their running
-   balances, limits and the members' status, in memory — a refusal leaves nothing behind;
+1. lock the community's ledger head row: it assigns `seq`, extends the hash chain and numbers
+   events, so everything that changes a community's ledger is serialized by it;
+2. lock the accounts involved, in id order, release any reservation that has expired, and check
+   every change against the running balances, reservations, limits and member status in memory —
+   a refusal leaves nothing behind;
 3. write: one INSERT for the exchanges, one for their entries, one guarded UPDATE per account in
    id order (the database's CHECK constraints refuse any balance outside its limits, whatever
-   Python computed), and the new head. The caller commits once.
+   Python computed), the pending exchanges, the mutuality figures, the events and the new head.
+   The caller commits once.
 
-Several independent postings (requests) may share one `LockedLedger` and so one transaction:
-each `post` call succeeds or fails on its own, which is what group commit needs.
+Several independent operations (requests) may share one `LockedLedger` and so one transaction:
+each call succeeds or fails on its own, leaving the others untouched, which is what group commit
+needs.
+
+Amounts: an exchange of `amount` from provider P to receiver R posts -amount to R and +amount to
+P. With a levy of L into @commons paid by the provider, P gets +(amount - L); paid by the
+receiver, R pays -(amount + L). A pending exchange posts nothing: it reserves what its entries
+would take (`reserved_debit`) and add (`reserved_credit`), so accepting it can never break a limit.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from protocoop.clock import utc_now
-from protocoop.db.models import Account, Community, Entry, Exchange, LedgerHead, Member
+from protocoop.db.models import (
+    Account,
+    Community,
+    Entry,
+    Exchange,
+    LedgerHead,
+    Member,
+    PairFlow,
+    PendingExchange,
+)
 from protocoop.errors import (
     DuplicateExternalId,
     InvalidState,
@@ -36,6 +54,7 @@ from protocoop.errors import (
     SameMember,
     ValidationFailed,
 )
+from protocoop.events.service import NewEvent, write_events
 from protocoop.ledger.chain import ChainedExchange, ChainEntry, chain_hash
 from protocoop.money import MAX_BALANCE
 
@@ -43,6 +62,29 @@ _accounts = Account.__table__
 _exchanges = Exchange.__table__
 _entries = Entry.__table__
 _heads = LedgerHead.__table__
+_pending = PendingExchange.__table__
+_pairs = PairFlow.__table__
+
+COMMONS = "@commons"
+PPM = 1_000_000
+
+Payer = Literal["provider", "receiver"]
+Settlement = Literal["accept", "reject", "cancel"]
+
+
+@dataclass(frozen=True, slots=True)
+class Levy:
+    """A community's levy policy: `rate_ppm` of each exchange's amount (round half up, at least
+    `minimum`, at most the amount), paid into @commons by `paid_by`."""
+
+    rate_ppm: int
+    minimum: int
+    paid_by: Payer
+
+    def on(self, amount: int) -> int:
+        """The levy on an exchange of `amount` minor units."""
+        proportional = (amount * self.rate_ppm + PPM // 2) // PPM
+        return min(amount, max(self.minimum, proportional))
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +92,9 @@ class Draft:
     """An exchange to record: well-formed, but not yet checked against the ledger."""
 
     provider: str
-    """Account that gave; credited +amount."""
+    """Account that gave; credited."""
     receiver: str
-    """Account that received; debited -amount."""
+    """Account that received; debited."""
     amount: int
     """Minor units, 1..10^15."""
     description: str
@@ -62,6 +104,12 @@ class Draft:
     metadata: dict[str, Any] | None = None
     reverses: str | None = None
     """For a reversal: the exchange it undoes (provider, receiver and amount come from it)."""
+    pending: bool = False
+    """Propose rather than record: reserve the amount until the other side accepts."""
+    initiated_by: Payer = "provider"
+    """Who proposes a pending exchange (and may cancel it)."""
+    expires_in: int = 7 * 24 * 3600
+    """Seconds a pending exchange's reservation lasts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +125,12 @@ class PostedEntry:
 
 @dataclass(frozen=True, slots=True)
 class PostedExchange:
-    """An exchange as recorded in the ledger."""
+    """An exchange as the ledger now holds it: completed (with seq, entries and hash) or not."""
 
     community: str
     id: str
-    seq: int
+    status: str
+    """`completed`, `pending`, `rejected`, `cancelled` or `expired`."""
     provider: str
     receiver: str
     amount: int
@@ -90,12 +139,18 @@ class PostedExchange:
     external_id: str | None
     occurred_at: datetime
     created_at: datetime
-    reverses: str | None
-    reversed_by: str | None
     metadata: dict[str, Any] | None
-    entries: tuple[PostedEntry, ...]
-    prev_hash: str
-    hash: str
+    levy_amount: int | None = None
+    levy_paid_by: str | None = None
+    seq: int | None = None
+    reverses: str | None = None
+    reversed_by: str | None = None
+    entries: tuple[PostedEntry, ...] = ()
+    prev_hash: str | None = None
+    hash: str | None = None
+    initiated_by: str | None = None
+    expires_at: datetime | None = None
+    resolved_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -106,35 +161,83 @@ class _AccountState:
     kind: str
     status: str | None
     """The member's status; None for system accounts."""
-    balance: int
-    """The balance including what this transaction has recorded so far."""
     lower_limit: int
     upper_limit: int | None
+    balance: int
+    """Including what this transaction has recorded so far."""
     reserved_debit: int
     reserved_credit: int
-    delta: int = 0
-    """What this transaction has added to the stored balance, not yet written."""
+    d_balance: int = 0
+    d_reserved_debit: int = 0
+    d_reserved_credit: int = 0
+    d_given: int = 0
+    d_received: int = 0
+    d_exchanges: int = 0
+    d_partners: int = 0
+    last_exchange_at: datetime | None = None
+
+    @property
+    def dirty(self) -> bool:
+        return any(
+            (
+                self.d_balance,
+                self.d_reserved_debit,
+                self.d_reserved_credit,
+                self.d_given,
+                self.d_received,
+                self.d_exchanges,
+                self.d_partners,
+                self.last_exchange_at,
+            )
+        )
+
+
+@dataclass(slots=True)
+class _PairState:
+    a_to_b: int
+    b_to_a: int
+    exchanges: int
+    stored: bool
+    """Whether the row exists in the database (else it is inserted)."""
+    dirty: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Counted:
+    """An exchange as the mutuality figures count it."""
+
+    provider: str
+    receiver: str
+    amount: int
 
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """A checked exchange: who, how much, and the entries it posts (receiver first)."""
+    """A checked change: an exchange's parties, amount, levy and the entries it posts."""
 
     draft: Draft
     provider: str
     receiver: str
     amount: int
     postings: list[tuple[str, int]]
+    levy: tuple[int, Payer] | None = None
+    uncounts: _Counted | None = None
+    """For a reversal of a counted exchange: what leaves the mutuality figures."""
 
 
-@dataclass(slots=True)
-class _Original:
-    """An exchange being reversed."""
-
-    provider: str
-    receiver: str
-    amount: int
-    entries: list[tuple[str, int]] = field(default_factory=list)
+def _levy_postings(
+    provider: str, receiver: str, amount: int, levy: tuple[int, Payer] | None
+) -> list[tuple[str, int]]:
+    """The entries of an exchange, receiver first, without zero entries."""
+    if levy is None:
+        return [(receiver, -amount), (provider, amount)]
+    levy_amount, paid_by = levy
+    if paid_by == "provider":
+        postings = [(receiver, -amount), (provider, amount - levy_amount)]
+    else:
+        postings = [(receiver, -(amount + levy_amount)), (provider, amount)]
+    postings.append((COMMONS, levy_amount))
+    return [(account, value) for account, value in postings if value != 0]
 
 
 class LockedLedger:
@@ -144,43 +247,69 @@ class LockedLedger:
         self.session = session
         self.community_id = community_id
         head = session.execute(
-            select(_heads.c.last_seq, _heads.c.last_hash, _heads.c.last_created_at)
+            select(
+                _heads.c.last_seq,
+                _heads.c.last_hash,
+                _heads.c.last_created_at,
+                _heads.c.last_event_id,
+                _heads.c.counted_volume,
+                _heads.c.counted_exchanges,
+            )
             .where(_heads.c.community_id == community_id)
             .with_for_update()
         ).first()
         if head is None:
             raise NotFound(f"Community {community_id!r} not found.")
-        status = session.execute(
-            select(Community.status).where(Community.id == community_id)
-        ).scalar_one()
-        if status != "active":
-            raise InvalidState(
-                f"Community {community_id!r} is {status} and records no new exchanges.",
-                current_status=status,
-            )
+        community = session.execute(
+            select(
+                Community.status,
+                Community.levy_rate_ppm,
+                Community.levy_minimum,
+                Community.levy_paid_by,
+            ).where(Community.id == community_id)
+        ).one()
+        self.status: str = community.status
+        self.levy: Levy | None = (
+            Levy(community.levy_rate_ppm, community.levy_minimum, community.levy_paid_by)
+            if community.levy_rate_ppm is not None
+            else None
+        )
         self.last_seq: int = head.last_seq
         self.last_hash: str = head.last_hash
         self.last_created_at: datetime | None = head.last_created_at
+        self.last_event_id: int = head.last_event_id
+        self.counted_volume: int = head.counted_volume
+        self.counted_exchanges: int = head.counted_exchanges
+        self._head_dirty = False
         self._accounts: dict[str, _AccountState] = {}
+        self._pairs: dict[tuple[str, str], _PairState] = {}
         self._external_ids: dict[str, str] = {}
-        """external_id -> exchange id, for those posted in this transaction."""
+        """external_id -> exchange id, for those recorded in this transaction."""
         self._reversed: set[str] = set()
         self._exchange_rows: list[dict[str, Any]] = []
         self._entry_rows: list[dict[str, Any]] = []
+        self._new_pending: list[dict[str, Any]] = []
+        self._settled_pending: list[dict[str, Any]] = []
+        self._resolved: dict[str, str] = {}
+        """pending exchange id -> the status this transaction gave it."""
+        self._events: list[NewEvent] = []
 
-    # --- checking ------------------------------------------------------------------------------
+    # --- public operations ---------------------------------------------------------------------
 
     def post(
         self, drafts: Sequence[Draft], *, created_by: str | None, batch: bool = False
     ) -> list[PostedExchange]:
-        """Record `drafts` in order, all or nothing. A refusal raises (naming the item's `index`
-        when `batch`) and leaves this ledger exactly as it was."""
+        """Record (or, when a draft is `pending`, propose) `drafts` in order, all or nothing.
+        A refusal raises (naming the item's `index` when `batch`) and leaves this ledger exactly
+        as it was."""
+        self._require_active_community()
         originals = self._load_originals([d.reverses for d in drafts if d.reverses])
-        self._load_accounts(self._parties(drafts, originals))
+        parties = self._parties(drafts, originals)
+        self._load_accounts(parties)
         self._check_external_ids(drafts, batch)
 
         plans: list[_Plan] = []
-        pending: dict[str, int] = {}
+        pending: dict[str, list[int]] = {}
         reversing: set[str] = set()
         for index, draft in enumerate(drafts):
             try:
@@ -190,30 +319,112 @@ class LockedLedger:
                     refusal.extra["index"] = index
                 raise
             for account_id, amount in plan.postings:
-                pending[account_id] = pending.get(account_id, 0) + amount
+                held = pending.setdefault(account_id, [0, 0, 0])
+                if draft.pending:
+                    held[1 if amount < 0 else 2] += abs(amount)
+                else:
+                    held[0] += amount
             if draft.reverses is not None:
                 reversing.add(draft.reverses)
             plans.append(plan)
         self._reversed |= reversing
-        return [self._record(plan, created_by) for plan in plans]
+        return [self._apply(plan, created_by) for plan in plans]
 
-    def _parties(self, drafts: Sequence[Draft], originals: dict[str, _Original]) -> set[str]:
+    def settle(self, exchange_id: str, action: Settlement) -> PostedExchange | InvalidState:
+        """Accept (record it), reject or cancel (release it) a pending exchange. From any other
+        status the answer is `409 invalid_state` with the `current_status` — returned, not
+        raised, when this very call found the exchange expired, so that the expiry is kept."""
+        row = self._load_pending(exchange_id)
+        status = self._resolved.get(row.id, row.status)
+        if status != "pending":
+            raise InvalidState(f"The exchange is {status}, not pending.", current_status=status)
+        if action == "accept":
+            self._require_active_community()
+        postings = _levy_postings(row.provider, row.receiver, row.amount, _row_levy(row))
+        self._load_accounts(account for account, _ in postings)
+        if self._resolved.get(row.id) == "expired" or self._expire_if_due(row, postings):
+            return InvalidState("The exchange has expired.", current_status="expired")
+        if action != "accept":
+            self._release(row, postings)
+            return self._resolve(row, "rejected" if action == "reject" else "cancelled")
+        for account_id, _ in postings:
+            account = self._accounts[account_id]
+            if account.status is not None and account.status != "active":
+                raise MemberInactive(
+                    f"Member {account_id!r} is {account.status}.",
+                    member=account_id,
+                    member_status=account.status,
+                )
+        self._release(row, postings)
+        draft = Draft(
+            provider=row.provider,
+            receiver=row.receiver,
+            amount=row.amount,
+            description=row.description,
+            category=row.category,
+            external_id=row.external_id,
+            occurred_at=row.occurred_at,
+            metadata=row.metadata,
+        )
+        plan = _Plan(
+            draft=draft,
+            provider=row.provider,
+            receiver=row.receiver,
+            amount=row.amount,
+            postings=postings,
+            levy=_row_levy(row),
+        )
+        self._resolve(row, "completed", emit=False)
+        return self._complete(plan, created_by=row.created_by, exchange_id=row.id)
+
+    def expire_due(self, account_ids: Iterable[str] | None = None) -> int:
+        """Release every pending exchange whose time is up (only those touching `account_ids`,
+        when given); returns how many expired."""
+        query = select(_pending).where(
+            _pending.c.community_id == self.community_id,
+            _pending.c.status == "pending",
+            _pending.c.expires_at <= utc_now(),
+        )
+        if account_ids is not None:
+            ids = list(account_ids)
+            query = query.where(_pending.c.provider.in_(ids) | _pending.c.receiver.in_(ids))
+        rows = self.session.execute(query.with_for_update()).all()
+        expired = 0
+        for row in rows:
+            postings = _levy_postings(row.provider, row.receiver, row.amount, _row_levy(row))
+            self._load_accounts((account for account, _ in postings), expire=False)
+            expired += self._expire_if_due(row, postings)
+        return expired
+
+    # --- checking ------------------------------------------------------------------------------
+
+    def _require_active_community(self) -> None:
+        if self.status != "active":
+            raise InvalidState(
+                f"Community {self.community_id!r} is {self.status} and records no new exchanges.",
+                current_status=self.status,
+            )
+
+    def _parties(self, drafts: Sequence[Draft], originals: dict[str, Any]) -> set[str]:
         parties: set[str] = set()
         for draft in drafts:
-            if draft.reverses and draft.reverses in originals:
-                parties.update(account for account, _ in originals[draft.reverses].entries)
+            if draft.reverses:
+                if draft.reverses in originals:
+                    parties.update(account for account, _ in originals[draft.reverses]["entries"])
             else:
                 parties.update((draft.provider, draft.receiver))
+                if self.levy is not None:
+                    parties.add(COMMONS)
         return parties
 
     def _plan(
         self,
         draft: Draft,
-        originals: dict[str, _Original],
-        pending: dict[str, int],
+        originals: dict[str, Any],
+        pending: dict[str, list[int]],
         reversing: set[str],
     ) -> _Plan:
-        """The entries `draft` would post, checked against the running balances."""
+        """The entries `draft` would post (or reserve), checked against the running balances."""
         if draft.reverses is not None:
             original = originals.get(draft.reverses)
             if original is None:
@@ -222,25 +433,35 @@ class LockedLedger:
                 raise InvalidState("The exchange is already reversed.", current_status="reversed")
             plan = _Plan(
                 draft=draft,
-                provider=original.receiver,
-                receiver=original.provider,
-                amount=original.amount,
-                postings=[(account, -amount) for account, amount in original.entries],
+                provider=original["receiver"],
+                receiver=original["provider"],
+                amount=original["amount"],
+                postings=[(account, -amount) for account, amount in original["entries"]],
+                uncounts=(
+                    _Counted(original["provider"], original["receiver"], original["amount"])
+                    if original["reverses"] is None
+                    else None
+                ),
             )
             # A correction may involve suspended members, but never a closed one.
             allowed: tuple[str, ...] = ("active", "suspended")
         else:
             if draft.provider == draft.receiver:
                 raise SameMember("Provider and receiver must be different accounts.")
+            levy = self._levy_for(draft)
             plan = _Plan(
                 draft=draft,
                 provider=draft.provider,
                 receiver=draft.receiver,
                 amount=draft.amount,
-                postings=[(draft.receiver, -draft.amount), (draft.provider, draft.amount)],
+                postings=_levy_postings(draft.provider, draft.receiver, draft.amount, levy),
+                levy=levy,
             )
             allowed = ("active",)
-        for account_id, _ in plan.postings:
+        for account_id in {account for account, _ in plan.postings} | {
+            plan.provider,
+            plan.receiver,
+        }:
             account = self._accounts.get(account_id)
             if account is None:
                 raise NotFound(f"Member {account_id!r} not found.", member=account_id)
@@ -251,29 +472,42 @@ class LockedLedger:
                     member_status=account.status,
                 )
         for account_id, amount in plan.postings:
-            self._check_limits(self._accounts[account_id], pending.get(account_id, 0), amount)
+            held = pending.get(account_id, [0, 0, 0])
+            self._check_limits(self._accounts[account_id], held, amount)
         return plan
 
+    def _levy_for(self, draft: Draft) -> tuple[int, Payer] | None:
+        """The levy on a member-to-member exchange under the community's policy."""
+        if self.levy is None or draft.provider.startswith("@") or draft.receiver.startswith("@"):
+            return None
+        levy_amount = self.levy.on(draft.amount)
+        return (levy_amount, self.levy.paid_by) if levy_amount > 0 else None
+
     @staticmethod
-    def _check_limits(account: _AccountState, pending: int, amount: int) -> None:
-        balance = account.balance + pending
-        after = balance + amount
+    def _check_limits(account: _AccountState, held: list[int], amount: int) -> None:
+        """Would `amount` (posted or reserved) keep the account within its limits, counting what
+        is reserved and what this request already holds (`held`: balance change, extra reserved
+        debit, extra reserved credit)?"""
+        balance = account.balance + held[0]
+        reserved_debit = account.reserved_debit + held[1]
+        reserved_credit = account.reserved_credit + held[2]
         upper = account.upper_limit if account.upper_limit is not None else MAX_BALANCE
-        if amount < 0 and after - account.reserved_debit < account.lower_limit:
-            limit, value = "lower", account.lower_limit
-        elif amount > 0 and after + account.reserved_credit > upper:
-            limit, value = "upper", upper
+        if amount < 0 and balance + amount - reserved_debit < account.lower_limit:
+            limit, value, reserved = "lower", account.lower_limit, reserved_debit
+        elif amount > 0 and balance + amount + reserved_credit > upper:
+            limit, value, reserved = "upper", upper, reserved_credit
         else:
             return
         raise LimitExceeded(
-            f"{account.id!r} has balance {balance}; {amount:+d} would pass its {limit} limit "
-            f"{value}.",
+            f"{account.id!r} has balance {balance}"
+            + (f" ({reserved} reserved)" if reserved else "")
+            + f"; {amount:+d} would pass its {limit} limit {value}.",
             member=account.id,
             limit=limit,
             limit_value=value,
             balance=balance,
             attempted=abs(amount),
-            reserved=account.reserved_debit if limit == "lower" else account.reserved_credit,
+            reserved=reserved,
         )
 
     def _check_external_ids(self, drafts: Sequence[Draft], batch: bool) -> None:
@@ -287,14 +521,16 @@ class LockedLedger:
             seen[draft.external_id] = index
         if not seen:
             return
-        existing = dict(
-            self.session.execute(
-                select(_exchanges.c.external_id, _exchanges.c.id).where(
-                    _exchanges.c.community_id == self.community_id,
-                    _exchanges.c.external_id.in_(seen),
-                )
-            ).all()
-        )
+        existing: dict[str, str] = {}
+        for table in (_exchanges, _pending):
+            existing.update(
+                self.session.execute(
+                    select(table.c.external_id, table.c.id).where(
+                        table.c.community_id == self.community_id,
+                        table.c.external_id.in_(seen),
+                    )
+                ).all()
+            )
         existing.update({k: v for k, v in self._external_ids.items() if k in seen})
         for external_id, index in seen.items():
             if external_id in existing:
@@ -309,8 +545,9 @@ class LockedLedger:
 
     # --- loading -------------------------------------------------------------------------------
 
-    def _load_accounts(self, account_ids: Iterable[str]) -> None:
-        """Lock and read the accounts not yet loaded, in id order."""
+    def _load_accounts(self, account_ids: Iterable[str], *, expire: bool = True) -> None:
+        """Lock and read the accounts not yet loaded, in id order, then release reservations
+        of theirs that have expired."""
         missing = sorted(set(account_ids) - self._accounts.keys())
         if not missing:
             return
@@ -341,25 +578,36 @@ class LockedLedger:
                 id=row.id,
                 kind=row.kind,
                 status=statuses.get(row.id) if row.kind == "member" else None,
-                balance=row.balance,
                 lower_limit=row.lower_limit,
                 upper_limit=row.upper_limit,
+                balance=row.balance,
                 reserved_debit=row.reserved_debit,
                 reserved_credit=row.reserved_credit,
             )
+        if expire and any(
+            self._accounts[a].reserved_debit or self._accounts[a].reserved_credit
+            for a in missing
+            if a in self._accounts
+        ):
+            self.expire_due(missing)
 
-    def _load_originals(self, exchange_ids: list[str]) -> dict[str, _Original]:
+    def _load_originals(self, exchange_ids: list[str]) -> dict[str, Any]:
         """The exchanges to reverse, with their entries; refuses those already reversed."""
         if not exchange_ids:
             return {}
         rows = self.session.execute(
             select(
-                _exchanges.c.id, _exchanges.c.provider, _exchanges.c.receiver, _exchanges.c.amount
+                _exchanges.c.id,
+                _exchanges.c.provider,
+                _exchanges.c.receiver,
+                _exchanges.c.amount,
+                _exchanges.c.reverses,
             ).where(
-                _exchanges.c.community_id == self.community_id, _exchanges.c.id.in_(exchange_ids)
+                _exchanges.c.community_id == self.community_id,
+                _exchanges.c.id.in_(exchange_ids),
             )
         ).all()
-        originals = {row.id: _Original(row.provider, row.receiver, row.amount) for row in rows}
+        originals: dict[str, Any] = {row.id: {**row._asdict(), "entries": []} for row in rows}
         for exchange_id, account_id, amount in self.session.execute(
             select(_entries.c.exchange_id, _entries.c.account_id, _entries.c.amount)
             .where(
@@ -368,14 +616,13 @@ class LockedLedger:
             )
             .order_by(_entries.c.exchange_id, _entries.c.amount)
         ):
-            originals[exchange_id].entries.append((account_id, amount))
-        reversed_already = self.session.execute(
+            originals[exchange_id]["entries"].append((account_id, amount))
+        for original_id, reversal_id in self.session.execute(
             select(_exchanges.c.reverses, _exchanges.c.id).where(
                 _exchanges.c.community_id == self.community_id,
                 _exchanges.c.reverses.in_(list(originals)),
             )
-        ).all()
-        for original_id, reversal_id in reversed_already:
+        ):
             raise InvalidState(
                 f"Exchange {original_id!r} is already reversed by {reversal_id!r}.",
                 current_status="reversed",
@@ -383,22 +630,147 @@ class LockedLedger:
             )
         return originals
 
-    # --- recording -----------------------------------------------------------------------------
+    def _load_pending(self, exchange_id: str) -> Any:
+        row = self.session.execute(
+            select(_pending)
+            .where(_pending.c.community_id == self.community_id, _pending.c.id == exchange_id)
+            .with_for_update()
+        ).first()
+        if row is not None:
+            return row
+        completed = self.session.execute(
+            select(_exchanges.c.id).where(
+                _exchanges.c.community_id == self.community_id, _exchanges.c.id == exchange_id
+            )
+        ).first()
+        if completed is not None:
+            raise InvalidState(
+                "The exchange is completed, not pending.", current_status="completed"
+            )
+        raise NotFound(f"Exchange {exchange_id!r} not found.")
 
-    def _record(self, plan: _Plan, created_by: str | None) -> PostedExchange:
-        """Give a checked exchange its seq, time and hash, and queue its rows for writing."""
+    def _load_pairs(self, pairs: Iterable[tuple[str, str]]) -> None:
+        missing = sorted(set(pairs) - self._pairs.keys())
+        if not missing:
+            return
+        found = {
+            (row.a, row.b): row
+            for row in self.session.execute(
+                select(
+                    _pairs.c.a, _pairs.c.b, _pairs.c.a_to_b, _pairs.c.b_to_a, _pairs.c.exchanges
+                ).where(
+                    _pairs.c.community_id == self.community_id,
+                    tuple_(_pairs.c.a, _pairs.c.b).in_(missing),
+                )
+            )
+        }
+        for pair in missing:
+            row = found.get(pair)
+            self._pairs[pair] = (
+                _PairState(row.a_to_b, row.b_to_a, row.exchanges, stored=True)
+                if row is not None
+                else _PairState(0, 0, 0, stored=False)
+            )
+
+    # --- applying ------------------------------------------------------------------------------
+
+    def _apply(self, plan: _Plan, created_by: str | None) -> PostedExchange:
+        if plan.draft.pending:
+            return self._reserve(plan, created_by)
+        return self._complete(plan, created_by=created_by)
+
+    def _reserve(self, plan: _Plan, created_by: str | None) -> PostedExchange:
+        """Hold a proposal's entries as reservations and queue its pending row."""
+        draft = plan.draft
+        for account_id, amount in plan.postings:
+            account = self._accounts[account_id]
+            if amount < 0:
+                account.reserved_debit -= amount
+                account.d_reserved_debit -= amount
+            else:
+                account.reserved_credit += amount
+                account.d_reserved_credit += amount
+        now = utc_now()
+        exchange_id = str(uuid.uuid4())
+        if draft.external_id is not None:
+            self._external_ids[draft.external_id] = exchange_id
+        row = {
+            "community_id": self.community_id,
+            "id": exchange_id,
+            "provider": plan.provider,
+            "receiver": plan.receiver,
+            "amount": plan.amount,
+            "description": draft.description,
+            "category": draft.category,
+            "external_id": draft.external_id,
+            "occurred_at": draft.occurred_at,
+            "metadata": draft.metadata,
+            "levy_amount": plan.levy[0] if plan.levy else None,
+            "levy_paid_by": plan.levy[1] if plan.levy else None,
+            "initiated_by": draft.initiated_by,
+            "status": "pending",
+            "created_at": now,
+            "expires_at": now + timedelta(seconds=draft.expires_in),
+            "resolved_at": None,
+            "created_by": created_by,
+        }
+        self._new_pending.append(row)
+        proposed = _pending_document(self.community_id, row)
+        self._events.append(NewEvent("exchange.pending", exchange_document(proposed)))
+        return proposed
+
+    def _release(self, row: Any, postings: list[tuple[str, int]]) -> None:
+        """Give back what a pending exchange reserved."""
+        for account_id, amount in postings:
+            account = self._accounts[account_id]
+            if amount < 0:
+                account.reserved_debit += amount
+                account.d_reserved_debit += amount
+            else:
+                account.reserved_credit -= amount
+                account.d_reserved_credit -= amount
+
+    def _resolve(self, row: Any, status: str, *, emit: bool = True) -> PostedExchange:
+        now = utc_now()
+        self._resolved[row.id] = status
+        self._settled_pending.append({"p_id": row.id, "p_status": status, "p_resolved_at": now})
+        resolved = replace(
+            _pending_document(self.community_id, row._asdict()), status=status, resolved_at=now
+        )
+        if emit:
+            self._events.append(NewEvent(f"exchange.{status}", exchange_document(resolved)))
+        return resolved
+
+    def _expire_if_due(self, row: Any, postings: list[tuple[str, int]]) -> bool:
+        if row.status != "pending" or row.expires_at > utc_now() or row.id in self._resolved:
+            return False
+        self._release(row, postings)
+        self._resolve(row, "expired")
+        return True
+
+    def _complete(
+        self, plan: _Plan, *, created_by: str | None, exchange_id: str | None = None
+    ) -> PostedExchange:
+        """Give a checked exchange its seq, time and hash, post its entries, update the figures,
+        and queue its rows for writing."""
         draft = plan.draft
         now = utc_now()
         if self.last_created_at is not None and now < self.last_created_at:
             now = self.last_created_at
         self.last_seq += 1
-        exchange_id = str(uuid.uuid4())
+        exchange_id = exchange_id or str(uuid.uuid4())
         entries = []
         for account_id, amount in plan.postings:
             account = self._accounts[account_id]
             account.balance += amount
-            account.delta += amount
+            account.d_balance += amount
             entries.append(PostedEntry(account_id, amount, account.balance))
+        for party in (plan.provider, plan.receiver):
+            self._accounts[party].last_exchange_at = now
+        if draft.reverses is None:
+            self._count(_Counted(plan.provider, plan.receiver, plan.amount), +1)
+        elif plan.uncounts is not None:
+            self._count(plan.uncounts, -1)
         chained = ChainedExchange(
             community=self.community_id,
             seq=self.last_seq,
@@ -415,11 +787,13 @@ class LockedLedger:
         )
         prev_hash, self.last_hash = self.last_hash, chain_hash(self.last_hash, chained)
         self.last_created_at = now
+        self._head_dirty = True
         if draft.external_id is not None:
             self._external_ids[draft.external_id] = exchange_id
         posted = PostedExchange(
             community=self.community_id,
             id=exchange_id,
+            status="completed",
             seq=self.last_seq,
             provider=plan.provider,
             receiver=plan.receiver,
@@ -430,8 +804,9 @@ class LockedLedger:
             occurred_at=draft.occurred_at or now,
             created_at=now,
             reverses=draft.reverses,
-            reversed_by=None,
             metadata=draft.metadata,
+            levy_amount=plan.levy[0] if plan.levy else None,
+            levy_paid_by=plan.levy[1] if plan.levy else None,
             entries=tuple(sorted(entries, key=lambda e: (e.amount, e.account))),
             prev_hash=prev_hash,
             hash=self.last_hash,
@@ -451,6 +826,8 @@ class LockedLedger:
                 "created_at": now,
                 "reverses": posted.reverses,
                 "metadata": posted.metadata,
+                "levy_amount": posted.levy_amount,
+                "levy_paid_by": posted.levy_paid_by,
                 "created_by": created_by,
                 "prev_hash": prev_hash,
                 "hash": posted.hash,
@@ -467,45 +844,211 @@ class LockedLedger:
             }
             for entry in entries
         )
+        self._events.append(NewEvent("exchange.completed", exchange_document(posted)))
+        if draft.reverses is not None:
+            self._events.append(
+                NewEvent("exchange.reversed", {"id": draft.reverses, "reversed_by": exchange_id})
+            )
         return posted
 
+    def _count(self, exchange: _Counted, sign: int) -> None:
+        """Add (+1) or take back (-1) a counted exchange in the mutuality figures."""
+        provider = self._accounts[exchange.provider]
+        receiver = self._accounts[exchange.receiver]
+        provider.d_given += sign * exchange.amount
+        receiver.d_received += sign * exchange.amount
+        provider.d_exchanges += sign
+        receiver.d_exchanges += sign
+        a, b = sorted((exchange.provider, exchange.receiver))
+        self._load_pairs([(a, b)])
+        pair = self._pairs[(a, b)]
+        before = pair.exchanges
+        if exchange.provider == a:
+            pair.a_to_b += sign * exchange.amount
+        else:
+            pair.b_to_a += sign * exchange.amount
+        pair.exchanges += sign
+        pair.dirty = True
+        if (before == 0) != (pair.exchanges == 0):
+            partners = 1 if pair.exchanges else -1
+            provider.d_partners += partners
+            receiver.d_partners += partners
+        self.counted_volume += sign * exchange.amount
+        self.counted_exchanges += sign
+
+    # --- writing -------------------------------------------------------------------------------
+
     def flush(self) -> None:
-        """Write what `post` recorded; the caller's transaction commits it."""
-        if not self._exchange_rows:
-            return
+        """Write what this ledger recorded; the caller's transaction commits it."""
         connection = self.session.connection()
-        connection.execute(insert(_exchanges), self._exchange_rows)
-        connection.execute(insert(_entries), self._entry_rows)
-        touched = sorted(
-            (account for account in self._accounts.values() if account.delta),
-            key=lambda account: account.id,
-        )
-        if touched:
+        if self._exchange_rows:
+            connection.execute(insert(_exchanges), self._exchange_rows)
+            connection.execute(insert(_entries), self._entry_rows)
+        if self._new_pending:
+            connection.execute(insert(_pending), self._new_pending)
+        if self._settled_pending:
             connection.execute(
-                update(_accounts)
+                update(_pending)
                 .where(
-                    _accounts.c.community_id == bindparam("p_community"),
-                    _accounts.c.id == bindparam("p_account"),
+                    _pending.c.community_id == self.community_id,
+                    _pending.c.id == bindparam("p_id"),
+                    _pending.c.status == "pending",
                 )
-                .values(balance=_accounts.c.balance + bindparam("p_delta")),
-                [
-                    {"p_community": self.community_id, "p_account": a.id, "p_delta": a.delta}
-                    for a in touched
-                ],
+                .values(status=bindparam("p_status"), resolved_at=bindparam("p_resolved_at")),
+                self._settled_pending,
             )
-        connection.execute(
-            update(_heads)
-            .where(_heads.c.community_id == self.community_id)
-            .values(
-                last_seq=self.last_seq,
-                last_hash=self.last_hash,
-                last_created_at=self.last_created_at,
-            )
+        self._flush_accounts(connection)
+        self._flush_pairs(connection)
+        self.last_event_id = write_events(
+            self.session, self.community_id, self.last_event_id, self._events
         )
-        for account in touched:
-            account.delta = 0
+        if self._head_dirty or self._events:
+            connection.execute(
+                update(_heads)
+                .where(_heads.c.community_id == self.community_id)
+                .values(
+                    last_seq=self.last_seq,
+                    last_hash=self.last_hash,
+                    last_created_at=self.last_created_at,
+                    last_event_id=self.last_event_id,
+                    counted_volume=self.counted_volume,
+                    counted_exchanges=self.counted_exchanges,
+                )
+            )
         self._exchange_rows.clear()
         self._entry_rows.clear()
+        self._new_pending.clear()
+        self._settled_pending.clear()
+        self._events.clear()
+        self._head_dirty = False
+
+    def _flush_accounts(self, connection: Any) -> None:
+        touched = sorted(
+            (account for account in self._accounts.values() if account.dirty),
+            key=lambda account: account.id,
+        )
+        if not touched:
+            return
+        c = _accounts.c
+        connection.execute(
+            update(_accounts)
+            .where(c.community_id == bindparam("p_community"), c.id == bindparam("p_account"))
+            .values(
+                balance=c.balance + bindparam("p_balance"),
+                reserved_debit=c.reserved_debit + bindparam("p_reserved_debit"),
+                reserved_credit=c.reserved_credit + bindparam("p_reserved_credit"),
+                given=c.given + bindparam("p_given"),
+                received=c.received + bindparam("p_received"),
+                exchange_count=c.exchange_count + bindparam("p_exchanges"),
+                partner_count=c.partner_count + bindparam("p_partners"),
+                last_exchange_at=func.coalesce(
+                    bindparam("p_last_exchange_at", type_=_accounts.c.last_exchange_at.type),
+                    c.last_exchange_at,
+                ),
+            ),
+            [
+                {
+                    "p_community": self.community_id,
+                    "p_account": a.id,
+                    "p_balance": a.d_balance,
+                    "p_reserved_debit": a.d_reserved_debit,
+                    "p_reserved_credit": a.d_reserved_credit,
+                    "p_given": a.d_given,
+                    "p_received": a.d_received,
+                    "p_exchanges": a.d_exchanges,
+                    "p_partners": a.d_partners,
+                    "p_last_exchange_at": a.last_exchange_at,
+                }
+                for a in touched
+            ],
+        )
+        for account in touched:
+            account.d_balance = account.d_reserved_debit = account.d_reserved_credit = 0
+            account.d_given = account.d_received = account.d_exchanges = account.d_partners = 0
+            account.last_exchange_at = None
+
+    def _flush_pairs(self, connection: Any) -> None:
+        dirty = [(key, pair) for key, pair in sorted(self._pairs.items()) if pair.dirty]
+        if not dirty:
+            return
+        rows = [
+            {
+                "community_id": self.community_id,
+                "a": a,
+                "b": b,
+                "a_to_b": pair.a_to_b,
+                "b_to_a": pair.b_to_a,
+                "exchanges": pair.exchanges,
+                "imbalance": abs(pair.a_to_b - pair.b_to_a),
+            }
+            for (a, b), pair in dirty
+        ]
+        new = [row for row, (_, pair) in zip(rows, dirty, strict=True) if not pair.stored]
+        old = [row for row, (_, pair) in zip(rows, dirty, strict=True) if pair.stored]
+        if new:
+            connection.execute(insert(_pairs), new)
+        if old:
+            connection.execute(
+                update(_pairs)
+                .where(
+                    _pairs.c.community_id == bindparam("p_community"),
+                    _pairs.c.a == bindparam("p_a"),
+                    _pairs.c.b == bindparam("p_b"),
+                )
+                .values(
+                    a_to_b=bindparam("p_a_to_b"),
+                    b_to_a=bindparam("p_b_to_a"),
+                    exchanges=bindparam("p_exchanges"),
+                    imbalance=bindparam("p_imbalance"),
+                ),
+                [
+                    {
+                        "p_community": row["community_id"],
+                        "p_a": row["a"],
+                        "p_b": row["b"],
+                        "p_a_to_b": row["a_to_b"],
+                        "p_b_to_a": row["b_to_a"],
+                        "p_exchanges": row["exchanges"],
+                        "p_imbalance": row["imbalance"],
+                    }
+                    for row in old
+                ],
+            )
+        for _, pair in dirty:
+            pair.stored, pair.dirty = True, False
+
+
+def _row_levy(row: Any) -> tuple[int, Payer] | None:
+    return (row.levy_amount, row.levy_paid_by) if row.levy_amount else None
+
+
+def _pending_document(community_id: str, row: dict[str, Any]) -> PostedExchange:
+    return PostedExchange(
+        community=community_id,
+        id=row["id"],
+        status=row["status"],
+        provider=row["provider"],
+        receiver=row["receiver"],
+        amount=row["amount"],
+        description=row["description"],
+        category=row["category"],
+        external_id=row["external_id"],
+        occurred_at=row["occurred_at"] or row["created_at"],
+        created_at=row["created_at"],
+        metadata=row["metadata"],
+        levy_amount=row["levy_amount"],
+        levy_paid_by=row["levy_paid_by"],
+        initiated_by=row["initiated_by"],
+        expires_at=row["expires_at"],
+        resolved_at=row["resolved_at"],
+    )
+
+
+def exchange_document(exchange: PostedExchange) -> dict[str, Any]:
+    """The exchange as its API document, in JSON form (for events)."""
+    from protocoop.ledger.queries import public
+
+    return public(exchange).model_dump(mode="json")
 
 
 def post_exchanges(
@@ -521,3 +1064,22 @@ def post_exchanges(
     posted = ledger.post(drafts, created_by=created_by, batch=batch)
     ledger.flush()
     return posted
+
+
+def settle_exchange(
+    session: Session, community_id: str, exchange_id: str, action: Settlement
+) -> PostedExchange | InvalidState:
+    """Accept, reject or cancel a pending exchange, in the caller's transaction. An exchange
+    found expired is released (and the refusal returned, for the caller to send after commit)."""
+    ledger = LockedLedger(session, community_id)
+    settled = ledger.settle(exchange_id, action)
+    ledger.flush()
+    return settled
+
+
+def expire_due(session: Session, community_id: str) -> int:
+    """Release every pending exchange of the community whose time is up."""
+    ledger = LockedLedger(session, community_id)
+    expired = ledger.expire_due()
+    ledger.flush()
+    return expired
