@@ -106,6 +106,9 @@ def upgrade() -> None:
             ["community_id", "imbalance"],
             unique=False,
         )
+        batch_op.create_index(
+            batch_op.f("ix_pair_flows_community_id_b"), ["community_id", "b"], unique=False
+        )
     _compute_existing_figures()
 
     op.create_table(
@@ -182,6 +185,7 @@ def _compute_existing_figures() -> None:
 def downgrade() -> None:
     op.drop_table("audit_checkpoints")
     with op.batch_alter_table("pair_flows", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_pair_flows_community_id_b"))
         batch_op.drop_index(batch_op.f("ix_pair_flows_community_id_imbalance"))
     op.drop_table("pair_flows")
     with op.batch_alter_table("ledger_heads", schema=None) as batch_op:

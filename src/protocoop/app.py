@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from protocoop import __version__
 from protocoop.audit.router import router as audit_router
@@ -17,7 +19,8 @@ from protocoop.config import Settings, get_settings
 from protocoop.db import Database, migrate
 from protocoop.events.router import router as events_router
 from protocoop.http import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
-from protocoop.idempotency import InFlight
+from protocoop.idempotency import InFlight, forget_older_than
+from protocoop.ledger.expiry import sweep
 from protocoop.ledger.router import router as exchanges_router
 from protocoop.members.router import router as members_router
 from protocoop.mutuality.router import router as mutuality_router
@@ -34,6 +37,22 @@ balances sum to zero; credit limits are enforced by the database. Authenticate w
 """
 
 
+async def _housekeeping(db: Database, settings: Settings) -> None:
+    """Periodically release expired pending exchanges and forget old idempotency keys."""
+    if not settings.expiry_sweep_s:
+        return
+    while True:
+        await asyncio.sleep(settings.expiry_sweep_s)
+        try:
+            await run_in_threadpool(sweep, db)
+            await run_in_threadpool(
+                db.run_write,
+                lambda session: forget_older_than(session, settings.idempotency_retention_hours),
+            )
+        except Exception:  # the next round tries again; the error is logged, not fatal
+            log.exception("housekeeping failed")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A protocoop ASGI application for `settings` (by default, from the environment)."""
     settings = settings or get_settings()
@@ -44,9 +63,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             migrate.upgrade(settings.database_url)
         db = Database(settings)
         app.state.db = db
+        housekeeping = asyncio.create_task(_housekeeping(db, settings))
         try:
             yield
         finally:
+            housekeeping.cancel()
             db.dispose()
 
     app = FastAPI(

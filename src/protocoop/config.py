@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     db_retry_attempts: int = Field(default=5, ge=1)
     """Deadlocks and serialization failures are retried this many times before 503."""
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    expiry_sweep_s: float = Field(default=30, ge=0)
+    """How often the server releases expired pending exchanges (0: only lazily, on access)."""
     idempotency_retention_hours: int = Field(default=48, ge=24)
     """Idempotency keys are remembered at least this long (the spec asks for >= 24 h)."""
 

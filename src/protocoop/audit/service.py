@@ -29,6 +29,7 @@ from protocoop.clock import utc_now
 from protocoop.db.models import Account, AuditCheckpoint, Entry, Exchange, LedgerHead
 from protocoop.ledger.chain import GENESIS_HASH, ChainedExchange, verify_chain
 from protocoop.ledger.history import chain_links
+from protocoop.mutuality.figures import Window, flows_by_member, most_imbalanced_pairs, totals
 
 _a = Account.__table__
 _e = Entry.__table__
@@ -54,6 +55,8 @@ def audit_community(
     problems += _limits(session, community_id)
     checked, chain_problems = _hash_chain(session, community_id, start_seq, start_hash)
     problems += chain_problems
+    if checkpoint is None:
+        problems += _kept_figures(session, community_id)
     return AuditReport(
         ok=not problems,
         checked_exchanges=checked,
@@ -208,6 +211,54 @@ def _running_balances(session: Session, community_id: str, after_seq: int) -> li
         )
         for row in rows
     ]
+
+
+def _kept_figures(session: Session, community_id: str) -> list[AuditProblem]:
+    """The mutuality figures posting keeps must equal the same figures aggregated from the
+    exchanges (a slow check, for full audits)."""
+    head = session.execute(
+        select(LedgerHead.last_seq).where(LedgerHead.community_id == community_id)
+    ).scalar_one()
+    kept = Window(community_id, 0, head, head)
+    recomputed = Window(community_id, 0, head, head, recompute=True)
+    problems = []
+    if totals(session, kept) != totals(session, recomputed):
+        problems.append(
+            AuditProblem(
+                invariant=2,
+                code="figures_mismatch",
+                detail=f"kept volume and count {totals(session, kept)}, "
+                f"exchanges say {totals(session, recomputed)}",
+            )
+        )
+    kept_flows = flows_by_member(session, kept)
+    for account, figures in sorted(flows_by_member(session, recomputed).items()):
+        if kept_flows.pop(account, None) != figures:
+            problems.append(
+                AuditProblem(
+                    invariant=2,
+                    code="figures_mismatch",
+                    detail=f"kept given/received/exchanges/partners differ from {figures}",
+                    account=account,
+                )
+            )
+    problems += [
+        AuditProblem(
+            invariant=2,
+            code="figures_mismatch",
+            detail="kept figures for an account without counted exchanges",
+            account=account,
+        )
+        for account in sorted(kept_flows)
+    ]
+    kept_pairs = set(most_imbalanced_pairs(session, kept, limit=None))
+    if kept_pairs != set(most_imbalanced_pairs(session, recomputed, limit=None)):
+        problems.append(
+            AuditProblem(
+                invariant=2, code="figures_mismatch", detail="kept pair flows differ from exchanges"
+            )
+        )
+    return problems[:MAX_PROBLEMS_PER_CHECK]
 
 
 def _zero_sum(session: Session, community_id: str) -> list[AuditProblem]:

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, Strict, StringConstraints
 
+from protocoop.money import MAX_AMOUNT
 from protocoop.schemas import (
     CommunityId,
     LowerLimit,
@@ -30,6 +31,19 @@ class Unit(RequestModel):
 Ratio = Annotated[float, Field(ge=0, le=1)]
 
 
+class LevyPolicy(RequestModel):
+    """A levy into the community fund (@commons) on every member-to-member exchange:
+    `rate_ppm` parts per million of the amount, rounded half up to a whole minor unit, at least
+    `minimum`, at most the amount; paid by the provider (who receives amount - levy) or the
+    receiver (who pays amount + levy)."""
+
+    rate_ppm: Annotated[int, Strict(), Field(ge=0, le=1_000_000)] = Field(
+        examples=[50_000], description="50,000 ppm = 5 %."
+    )
+    minimum: Annotated[int, Strict(), Field(ge=0, le=MAX_AMOUNT)] = 0
+    paid_by: Literal["provider", "receiver"] = "provider"
+
+
 class PolicyUpdate(RequestModel):
     """Thresholds of the mutuality report; absent fields stay as they are."""
 
@@ -42,12 +56,16 @@ class PolicyUpdate(RequestModel):
     dormant_after_days: Annotated[int, Strict(), Field(ge=1, le=36500)] | None = Field(
         default=None, description="A member with no exchange for this long is dormant (90)."
     )
+    levy: LevyPolicy | None = Field(
+        default=None, description="A levy into @commons on each exchange; null removes it."
+    )
 
 
 class Policy(ResponseModel):
     reciprocity_threshold: float
     near_limit_ratio: float
     dormant_after_days: int
+    levy: LevyPolicy | None = None
 
 
 class CommunityCreate(RequestModel):

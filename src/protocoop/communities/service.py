@@ -12,12 +12,14 @@ from protocoop.communities.schemas import (
     CommunityCreate,
     CommunityPublic,
     CommunityUpdate,
+    LevyPolicy,
     Policy,
     PolicyUpdate,
     Unit,
 )
 from protocoop.db.models import Account, Community, LedgerHead
 from protocoop.errors import AlreadyExists, Forbidden, NotFound, ValidationFailed
+from protocoop.events.service import NewEvent, emit
 from protocoop.pagination import encode_cursor
 from protocoop.schemas import Page
 
@@ -37,6 +39,15 @@ def public(community: Community) -> CommunityPublic:
             reciprocity_threshold=community.reciprocity_threshold,
             near_limit_ratio=community.near_limit_ratio,
             dormant_after_days=community.dormant_after_days,
+            levy=(
+                LevyPolicy(
+                    rate_ppm=community.levy_rate_ppm,
+                    minimum=community.levy_minimum or 0,
+                    paid_by=community.levy_paid_by,  # type: ignore[arg-type]
+                )
+                if community.levy_rate_ppm is not None
+                else None
+            ),
         ),
         created_at=community.created_at,
     )
@@ -52,6 +63,11 @@ def _apply_policy(community: Community, policy: PolicyUpdate) -> None:
             raise ValidationFailed([{"loc": ["body", "policy", name], "msg": "may not be null"}])
         if value is not None:
             setattr(community, name, value)
+    if "levy" in policy.model_fields_set:
+        levy = policy.levy
+        community.levy_rate_ppm = levy.rate_ppm if levy else None
+        community.levy_minimum = levy.minimum if levy else None
+        community.levy_paid_by = levy.paid_by if levy else None
 
 
 def create_community(session: Session, spec: CommunityCreate) -> CommunityPublic:
@@ -138,4 +154,6 @@ def update_community(
         _apply_policy(community, changes.policy)
     community.updated_at = utc_now()
     session.flush()
-    return public(community)
+    updated = public(community)
+    emit(session, community_id, NewEvent("community.updated", updated.model_dump(mode="json")))
+    return updated

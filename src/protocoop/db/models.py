@@ -242,6 +242,7 @@ class PairFlow(Base):
             "imbalance = a_to_b - b_to_a OR imbalance = b_to_a - a_to_b", name="imbalance_is_net"
         ),
         Index(None, "community_id", "imbalance"),
+        Index(None, "community_id", "b"),
     )
 
     community_id: Mapped[str] = mapped_column(SLUG, primary_key=True)

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from protocoop.clock import utc_now
+from protocoop.db.bulk import insert_rows
 from protocoop.db.models import Event, LedgerHead
 from protocoop.errors import NotFound
 
@@ -52,8 +53,9 @@ def write_events(
     if not events:
         return last_event_id
     now = utc_now()
-    session.connection().execute(
-        insert(_events),
+    insert_rows(
+        session.connection(),
+        _events,
         [
             {
                 "community_id": community_id,
@@ -68,9 +70,10 @@ def write_events(
     return last_event_id + len(events)
 
 
-def emit(session: Session, community_id: str, *events: NewEvent) -> None:
-    """Record events for a change made outside the posting path, in the caller's transaction:
-    takes the ledger head's lock to number them."""
+def lock_head(session: Session, community_id: str) -> int:
+    """Take the community's ledger-head row lock (held until commit) and return the last event
+    id. Every transaction that changes a community takes this lock first, before any account
+    lock, so lock order is the same everywhere and no two of them can deadlock."""
     last = session.execute(
         select(_heads.c.last_event_id)
         .where(_heads.c.community_id == community_id)
@@ -78,7 +81,12 @@ def emit(session: Session, community_id: str, *events: NewEvent) -> None:
     ).scalar_one_or_none()
     if last is None:
         raise NotFound(f"Community {community_id!r} not found.")
-    new_last = write_events(session, community_id, int(last), events)
+    return int(last)
+
+
+def emit(session: Session, community_id: str, *events: NewEvent) -> None:
+    """Record events for a change made outside the posting path, in the caller's transaction."""
+    new_last = write_events(session, community_id, lock_head(session, community_id), events)
     session.execute(
         update(_heads).where(_heads.c.community_id == community_id).values(last_event_id=new_last)
     )

@@ -11,10 +11,10 @@ from sqlalchemy.orm import Session
 
 from protocoop.auth.deps import DatabaseDep, Manager, Poster, Reader
 from protocoop.auth.roles import Principal, Role
-from protocoop.db import Database
 from protocoop.errors import Forbidden, ValidationFailed
 from protocoop.idempotency import IdempotencyDep, respond
 from protocoop.ledger import queries
+from protocoop.ledger.expiry import release_due
 from protocoop.ledger.schemas import (
     DEFAULT_EXPIRES_IN,
     BatchPublic,
@@ -24,7 +24,7 @@ from protocoop.ledger.schemas import (
     ExchangeStatus,
     ReverseRequest,
 )
-from protocoop.ledger.service import Draft, Settlement, expire_due, post_exchanges, settle_exchange
+from protocoop.ledger.service import Draft, Settlement, post_exchanges, settle_exchange
 from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
 from protocoop.responses import Rendered, problem_responses, render, render_problem
 from protocoop.schemas import ACCOUNT_ID_PATTERN, ExchangePath, Page, Timestamp
@@ -184,12 +184,6 @@ def cancel_exchange(
     return _settle(request, community_id, exchange_id, "cancel", idempotency)
 
 
-def release_expired(db: Database, community_id: str, *, due: bool) -> None:
-    """Lazy expiry: a read that found a proposal past its time releases it first."""
-    if due:
-        db.run_write(lambda session: expire_due(session, community_id))
-
-
 @router.get("", response_model=Page[ExchangePublic], responses=problem_responses(401, 404, 422))
 def list_exchanges(
     community_id: str,
@@ -227,9 +221,7 @@ def list_exchanges(
             raise ValidationFailed(
                 [{"loc": ["query", "cursor"], "msg": "not a cursor this list gave out"}]
             ) from error
-    with db.read() as session:
-        due = queries.has_due_expiries(session, community_id)
-    release_expired(db, community_id, due=due)
+    release_due(db, community_id)
     with db.read() as session:
         return queries.list_proposals(
             session,
@@ -250,8 +242,6 @@ def get_exchange(
     community_id: str, exchange_id: ExchangePath, _: Reader, db: DatabaseDep
 ) -> ExchangePublic:
     """One exchange, completed or proposed."""
-    with db.read() as session:
-        due = queries.is_due_for_expiry(session, community_id, exchange_id)
-    release_expired(db, community_id, due=due)
+    release_due(db, community_id, exchange_id=exchange_id)
     with db.read() as session:
         return queries.get_exchange(session, community_id, exchange_id)

@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import bindparam, func, insert, select, tuple_, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.orm import Session
 
 from protocoop.clock import utc_now
+from protocoop.db.bulk import insert_rows, update_rows
 from protocoop.db.models import (
     Account,
     Community,
@@ -289,7 +290,7 @@ class LockedLedger:
         self._exchange_rows: list[dict[str, Any]] = []
         self._entry_rows: list[dict[str, Any]] = []
         self._new_pending: list[dict[str, Any]] = []
-        self._settled_pending: list[dict[str, Any]] = []
+        self._settled_pending: list[tuple[str, str, datetime]] = []
         self._resolved: dict[str, str] = {}
         """pending exchange id -> the status this transaction gave it."""
         self._events: list[NewEvent] = []
@@ -328,6 +329,12 @@ class LockedLedger:
                 reversing.add(draft.reverses)
             plans.append(plan)
         self._reversed |= reversing
+        self._load_pairs(
+            tuple(sorted((counted.provider, counted.receiver)))  # type: ignore[misc]
+            for plan in plans
+            if not plan.draft.pending
+            for counted in [plan.uncounts or _Counted(plan.provider, plan.receiver, plan.amount)]
+        )
         return [self._apply(plan, created_by) for plan in plans]
 
     def settle(self, exchange_id: str, action: Settlement) -> PostedExchange | InvalidState:
@@ -374,8 +381,8 @@ class LockedLedger:
             postings=postings,
             levy=_row_levy(row),
         )
-        self._resolve(row, "completed", emit=False)
-        return self._complete(plan, created_by=row.created_by, exchange_id=row.id)
+        resolved = self._resolve(row, "completed", emit=False)
+        return self._complete(plan, created_by=row.created_by, proposal=resolved)
 
     def expire_due(self, account_ids: Iterable[str] | None = None) -> int:
         """Release every pending exchange whose time is up (only those touching `account_ids`,
@@ -548,7 +555,7 @@ class LockedLedger:
     def _load_accounts(self, account_ids: Iterable[str], *, expire: bool = True) -> None:
         """Lock and read the accounts not yet loaded, in id order, then release reservations
         of theirs that have expired."""
-        missing = sorted(set(account_ids) - self._accounts.keys())
+        missing = sorted({account for account in account_ids if account not in self._accounts})
         if not missing:
             return
         rows = self.session.execute(
@@ -650,7 +657,7 @@ class LockedLedger:
         raise NotFound(f"Exchange {exchange_id!r} not found.")
 
     def _load_pairs(self, pairs: Iterable[tuple[str, str]]) -> None:
-        missing = sorted(set(pairs) - self._pairs.keys())
+        missing = sorted({pair for pair in pairs if pair not in self._pairs})
         if not missing:
             return
         found = {
@@ -733,7 +740,7 @@ class LockedLedger:
     def _resolve(self, row: Any, status: str, *, emit: bool = True) -> PostedExchange:
         now = utc_now()
         self._resolved[row.id] = status
-        self._settled_pending.append({"p_id": row.id, "p_status": status, "p_resolved_at": now})
+        self._settled_pending.append((row.id, status, now))
         resolved = replace(
             _pending_document(self.community_id, row._asdict()), status=status, resolved_at=now
         )
@@ -749,16 +756,16 @@ class LockedLedger:
         return True
 
     def _complete(
-        self, plan: _Plan, *, created_by: str | None, exchange_id: str | None = None
+        self, plan: _Plan, *, created_by: str | None, proposal: PostedExchange | None = None
     ) -> PostedExchange:
         """Give a checked exchange its seq, time and hash, post its entries, update the figures,
-        and queue its rows for writing."""
+        and queue its rows for writing. An accepted `proposal` keeps its id."""
         draft = plan.draft
         now = utc_now()
         if self.last_created_at is not None and now < self.last_created_at:
             now = self.last_created_at
         self.last_seq += 1
-        exchange_id = exchange_id or str(uuid.uuid4())
+        exchange_id = proposal.id if proposal else str(uuid.uuid4())
         entries = []
         for account_id, amount in plan.postings:
             account = self._accounts[account_id]
@@ -810,6 +817,9 @@ class LockedLedger:
             entries=tuple(sorted(entries, key=lambda e: (e.amount, e.account))),
             prev_hash=prev_hash,
             hash=self.last_hash,
+            initiated_by=proposal.initiated_by if proposal else None,
+            expires_at=proposal.expires_at if proposal else None,
+            resolved_at=proposal.resolved_at if proposal else None,
         )
         self._exchange_rows.append(
             {
@@ -881,22 +891,24 @@ class LockedLedger:
     def flush(self) -> None:
         """Write what this ledger recorded; the caller's transaction commits it."""
         connection = self.session.connection()
-        if self._exchange_rows:
-            connection.execute(insert(_exchanges), self._exchange_rows)
-            connection.execute(insert(_entries), self._entry_rows)
-        if self._new_pending:
-            connection.execute(insert(_pending), self._new_pending)
-        if self._settled_pending:
-            connection.execute(
-                update(_pending)
-                .where(
-                    _pending.c.community_id == self.community_id,
-                    _pending.c.id == bindparam("p_id"),
-                    _pending.c.status == "pending",
-                )
-                .values(status=bindparam("p_status"), resolved_at=bindparam("p_resolved_at")),
-                self._settled_pending,
-            )
+        insert_rows(connection, _exchanges, self._exchange_rows)
+        insert_rows(connection, _entries, self._entry_rows)
+        insert_rows(connection, _pending, self._new_pending)
+        update_rows(
+            connection,
+            _pending,
+            [
+                {
+                    "community_id": self.community_id,
+                    "id": exchange_id,
+                    "status": status,
+                    "resolved_at": resolved_at,
+                }
+                for exchange_id, status, resolved_at in self._settled_pending
+            ],
+            keys=("community_id", "id"),
+            assign=("status", "resolved_at"),
+        )
         self._flush_accounts(connection)
         self._flush_pairs(connection)
         self.last_event_id = write_events(
@@ -923,44 +935,40 @@ class LockedLedger:
         self._head_dirty = False
 
     def _flush_accounts(self, connection: Any) -> None:
+        """One guarded update per changed account (the CHECK constraints guard the limits)."""
         touched = sorted(
             (account for account in self._accounts.values() if account.dirty),
             key=lambda account: account.id,
         )
-        if not touched:
-            return
-        c = _accounts.c
-        connection.execute(
-            update(_accounts)
-            .where(c.community_id == bindparam("p_community"), c.id == bindparam("p_account"))
-            .values(
-                balance=c.balance + bindparam("p_balance"),
-                reserved_debit=c.reserved_debit + bindparam("p_reserved_debit"),
-                reserved_credit=c.reserved_credit + bindparam("p_reserved_credit"),
-                given=c.given + bindparam("p_given"),
-                received=c.received + bindparam("p_received"),
-                exchange_count=c.exchange_count + bindparam("p_exchanges"),
-                partner_count=c.partner_count + bindparam("p_partners"),
-                last_exchange_at=func.coalesce(
-                    bindparam("p_last_exchange_at", type_=_accounts.c.last_exchange_at.type),
-                    c.last_exchange_at,
-                ),
-            ),
+        update_rows(
+            connection,
+            _accounts,
             [
                 {
-                    "p_community": self.community_id,
-                    "p_account": a.id,
-                    "p_balance": a.d_balance,
-                    "p_reserved_debit": a.d_reserved_debit,
-                    "p_reserved_credit": a.d_reserved_credit,
-                    "p_given": a.d_given,
-                    "p_received": a.d_received,
-                    "p_exchanges": a.d_exchanges,
-                    "p_partners": a.d_partners,
-                    "p_last_exchange_at": a.last_exchange_at,
+                    "community_id": self.community_id,
+                    "id": a.id,
+                    "balance": a.d_balance,
+                    "reserved_debit": a.d_reserved_debit,
+                    "reserved_credit": a.d_reserved_credit,
+                    "given": a.d_given,
+                    "received": a.d_received,
+                    "exchange_count": a.d_exchanges,
+                    "partner_count": a.d_partners,
+                    "last_exchange_at": a.last_exchange_at,
                 }
                 for a in touched
             ],
+            keys=("community_id", "id"),
+            add=(
+                "balance",
+                "reserved_debit",
+                "reserved_credit",
+                "given",
+                "received",
+                "exchange_count",
+                "partner_count",
+            ),
+            unless_null=("last_exchange_at",),
         )
         for account in touched:
             account.d_balance = account.d_reserved_debit = account.d_reserved_credit = 0
@@ -969,51 +977,29 @@ class LockedLedger:
 
     def _flush_pairs(self, connection: Any) -> None:
         dirty = [(key, pair) for key, pair in sorted(self._pairs.items()) if pair.dirty]
-        if not dirty:
-            return
         rows = [
-            {
-                "community_id": self.community_id,
-                "a": a,
-                "b": b,
-                "a_to_b": pair.a_to_b,
-                "b_to_a": pair.b_to_a,
-                "exchanges": pair.exchanges,
-                "imbalance": abs(pair.a_to_b - pair.b_to_a),
-            }
+            (
+                pair,
+                {
+                    "community_id": self.community_id,
+                    "a": a,
+                    "b": b,
+                    "a_to_b": pair.a_to_b,
+                    "b_to_a": pair.b_to_a,
+                    "exchanges": pair.exchanges,
+                    "imbalance": abs(pair.a_to_b - pair.b_to_a),
+                },
+            )
             for (a, b), pair in dirty
         ]
-        new = [row for row, (_, pair) in zip(rows, dirty, strict=True) if not pair.stored]
-        old = [row for row, (_, pair) in zip(rows, dirty, strict=True) if pair.stored]
-        if new:
-            connection.execute(insert(_pairs), new)
-        if old:
-            connection.execute(
-                update(_pairs)
-                .where(
-                    _pairs.c.community_id == bindparam("p_community"),
-                    _pairs.c.a == bindparam("p_a"),
-                    _pairs.c.b == bindparam("p_b"),
-                )
-                .values(
-                    a_to_b=bindparam("p_a_to_b"),
-                    b_to_a=bindparam("p_b_to_a"),
-                    exchanges=bindparam("p_exchanges"),
-                    imbalance=bindparam("p_imbalance"),
-                ),
-                [
-                    {
-                        "p_community": row["community_id"],
-                        "p_a": row["a"],
-                        "p_b": row["b"],
-                        "p_a_to_b": row["a_to_b"],
-                        "p_b_to_a": row["b_to_a"],
-                        "p_exchanges": row["exchanges"],
-                        "p_imbalance": row["imbalance"],
-                    }
-                    for row in old
-                ],
-            )
+        insert_rows(connection, _pairs, [row for pair, row in rows if not pair.stored])
+        update_rows(
+            connection,
+            _pairs,
+            [row for pair, row in rows if pair.stored],
+            keys=("community_id", "a", "b"),
+            assign=("a_to_b", "b_to_a", "exchanges", "imbalance"),
+        )
         for _, pair in dirty:
             pair.stored, pair.dirty = True, False
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from protocoop.clock import utc_now
 from protocoop.communities.service import get_community
-from protocoop.db.models import Account, Member
+from protocoop.db.models import Account, Member, PendingExchange
 from protocoop.errors import (
     AlreadyExists,
     BalanceNotZero,
@@ -24,6 +24,8 @@ from protocoop.errors import (
     NotFound,
     ValidationFailed,
 )
+from protocoop.events.service import NewEvent, emit, lock_head
+from protocoop.ledger.expiry import expire_due_for
 from protocoop.members.schemas import MemberCreate, MemberPublic, MemberUpdate
 from protocoop.pagination import encode_cursor
 from protocoop.schemas import Page
@@ -66,6 +68,7 @@ def _member_query(community_id: str) -> Any:
 def create_member(session: Session, community_id: str, spec: MemberCreate) -> MemberPublic:
     """A new member with balance 0; limits not given come from the community's defaults."""
     community = get_community(session, community_id)
+    lock_head(session, community_id)
     if session.get(Account, (community_id, spec.id)) is not None:
         raise AlreadyExists(f"Member {spec.id!r} already exists.")
     given = spec.model_fields_set
@@ -101,7 +104,9 @@ def create_member(session: Session, community_id: str, spec: MemberCreate) -> Me
         )
     )
     session.flush()
-    return get_member(session, community_id, spec.id)
+    created = get_member(session, community_id, spec.id)
+    emit(session, community_id, NewEvent("member.created", created.model_dump(mode="json")))
+    return created
 
 
 def get_member(session: Session, community_id: str, member_id: str) -> MemberPublic:
@@ -128,8 +133,11 @@ def list_members(
 def update_member(
     session: Session, community_id: str, member_id: str, changes: MemberUpdate
 ) -> MemberPublic:
-    """Apply a PATCH under the account's row lock, so no exchange slips in between the check
-    and the change."""
+    """Apply a PATCH under the ledger head's and the account's row locks, so no exchange slips
+    in between the check and the change."""
+    lock_head(session, community_id)
+    if changes.status == "closed":
+        expire_due_for(session, community_id, member_id)
     account = session.get(Account, (community_id, member_id), with_for_update=True)
     member = session.get(Member, (community_id, member_id), with_for_update=True)
     if account is None or member is None:
@@ -159,6 +167,22 @@ def update_member(
         account.lower_limit = lower
         account.upper_limit = upper
 
+    if changes.status == "closed":
+        open_proposals = session.execute(
+            select(func.count())
+            .select_from(PendingExchange)
+            .where(
+                PendingExchange.community_id == community_id,
+                PendingExchange.status == "pending",
+                (PendingExchange.provider == member_id) | (PendingExchange.receiver == member_id),
+            )
+        ).scalar_one()
+        if open_proposals:
+            raise InvalidState(
+                f"Member {member_id!r} has {open_proposals} pending exchanges; settle them first.",
+                current_status=member.status,
+                pending=open_proposals,
+            )
     if changes.status == "closed" and (
         account.balance or account.reserved_debit or account.reserved_credit
     ):
@@ -174,4 +198,6 @@ def update_member(
         member.status = changes.status
     member.updated_at = utc_now()
     session.flush()
-    return get_member(session, community_id, member_id)
+    updated = get_member(session, community_id, member_id)
+    emit(session, community_id, NewEvent("member.updated", updated.model_dump(mode="json")))
+    return updated

@@ -1,8 +1,14 @@
-"""SQL aggregates that feed the mutuality report: GROUP BY in the database, never a Python loop
-over exchanges.
+"""The figures that feed the mutuality report, read from SQL — never a Python loop over
+exchanges.
 
 A window is a range of ledger positions (from_seq, to_seq]. Its *counted* exchanges leave out
 reversals and the exchanges they reversed (a mistake is not a gift).
+
+For the whole history (the default report) the figures are the ones posting keeps up to date
+(`accounts.given/received/exchange_count/partner_count`, `pair_flows`, the ledger head's counted
+volume): reading them costs one row per account, however long the history. For a narrower window
+they are GROUP BY aggregates over the window's exchanges. The full audit checks that the kept
+figures equal the aggregates over the whole history.
 """
 
 from __future__ import annotations
@@ -14,13 +20,15 @@ from typing import Any
 from sqlalchemy import Select, case, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
-from protocoop.db.models import Account, Entry, Exchange, Member
+from protocoop.db.models import Account, Entry, Exchange, LedgerHead, Member, PairFlow
 from protocoop.mutuality.report import MemberFigures, PairFigures, PartnerFigures
 
 _a = Account.__table__
 _e = Entry.__table__
 _x = Exchange.__table__
 _m = Member.__table__
+_h = LedgerHead.__table__
+_pf = PairFlow.__table__
 
 PAIR_CANDIDATES = 20
 
@@ -34,6 +42,14 @@ class Window:
     to_seq: int
     head: int
     """The ledger's latest seq when the figures were read."""
+    recompute: bool = False
+    """Aggregate from the exchanges even over the whole history (the audit checks the kept
+    figures against this)."""
+
+    @property
+    def whole(self) -> bool:
+        """The window covers the whole history, so the kept figures answer it."""
+        return self.from_seq == 0 and self.to_seq == self.head and not self.recompute
 
 
 def _counted(window: Window) -> Any:
@@ -76,6 +92,13 @@ def _sides(counted: Any) -> Any:
 
 def totals(session: Session, window: Window) -> tuple[int, int]:
     """(volume, number of exchanges) of the window's counted exchanges."""
+    if window.whole:
+        volume, count = session.execute(
+            select(_h.c.counted_volume, _h.c.counted_exchanges).where(
+                _h.c.community_id == window.community_id
+            )
+        ).one()
+        return int(volume), int(count)
     counted = _counted(window)
     volume, count = session.execute(
         select(func.coalesce(func.sum(counted.c.amount), 0), func.count()).select_from(counted)
@@ -103,6 +126,8 @@ def _balance_column(window: Window) -> Any:
 
 def _last_exchange_column(window: Window) -> Any:
     """When the account's latest exchange at or before the window's end was recorded."""
+    if window.to_seq == window.head:
+        return _a.c.last_exchange_at
     last_seq = (
         select(_e.c.seq)
         .where(
@@ -190,11 +215,26 @@ def _flows_query(window: Window, member_id: str | None = None) -> Select[Any]:
     return query
 
 
+def _kept_flows_query(window: Window, member_id: str | None = None) -> Select[Any]:
+    """Per account: the figures posting keeps for the whole history."""
+    query = select(
+        _a.c.id.label("member"),
+        _a.c.given,
+        _a.c.received,
+        _a.c.exchange_count.label("exchanges"),
+        _a.c.partner_count.label("partners"),
+    ).where(_a.c.community_id == window.community_id, _a.c.exchange_count > 0)
+    if member_id is not None:
+        query = query.where(_a.c.id == member_id)
+    return query
+
+
 def member_figures(
     session: Session, window: Window, positions: list[AccountPosition]
 ) -> list[MemberFigures]:
     """Every member's flows in the window, with its balance and limits at the window's end."""
-    flows = {row.member: row for row in session.execute(_flows_query(window))}
+    query = _kept_flows_query(window) if window.whole else _flows_query(window)
+    flows = {row.member: row for row in session.execute(query)}
     members = set(session.scalars(select(_m.c.id).where(_m.c.community_id == window.community_id)))
     figures = []
     for position in positions:
@@ -217,10 +257,29 @@ def member_figures(
     return figures
 
 
+def flows_by_member(session: Session, window: Window) -> dict[str, tuple[int, int, int, int]]:
+    """member -> (given, received, exchanges, partners) over the window."""
+    query = _kept_flows_query(window) if window.whole else _flows_query(window)
+    return {
+        row.member: (int(row.given), int(row.received), int(row.exchanges), int(row.partners))
+        for row in session.execute(query)
+    }
+
+
 def most_imbalanced_pairs(
-    session: Session, window: Window, limit: int = PAIR_CANDIDATES
+    session: Session, window: Window, limit: int | None = PAIR_CANDIDATES
 ) -> list[PairFigures]:
     """The `limit` pairs of members whose flows to each other differ most."""
+    if window.whole:
+        return [
+            PairFigures(row.a, row.b, int(row.a_to_b), int(row.b_to_a))
+            for row in session.execute(
+                select(_pf.c.a, _pf.c.b, _pf.c.a_to_b, _pf.c.b_to_a)
+                .where(_pf.c.community_id == window.community_id, _pf.c.exchanges > 0)
+                .order_by(_pf.c.imbalance.desc(), _pf.c.a, _pf.c.b)
+                .limit(limit)
+            )
+        ]
     counted = _counted(window)
     forward = counted.c.provider < counted.c.receiver
     oriented = select(
@@ -242,6 +301,28 @@ def most_imbalanced_pairs(
 
 def partner_figures(session: Session, window: Window, member_id: str) -> list[PartnerFigures]:
     """What `member_id` exchanged with each partner in the window."""
+    if window.whole:
+        figures = []
+        for side, other, given, received in (
+            (_pf.c.a, _pf.c.b, _pf.c.a_to_b, _pf.c.b_to_a),
+            (_pf.c.b, _pf.c.a, _pf.c.b_to_a, _pf.c.a_to_b),
+        ):
+            figures += [
+                PartnerFigures(row.other, int(row.given), int(row.received), int(row.exchanges))
+                for row in session.execute(
+                    select(
+                        other.label("other"),
+                        given.label("given"),
+                        received.label("received"),
+                        _pf.c.exchanges,
+                    ).where(
+                        _pf.c.community_id == window.community_id,
+                        side == member_id,
+                        _pf.c.exchanges > 0,
+                    )
+                )
+            ]
+        return figures
     sides = _sides(_counted(window))
     rows = session.execute(
         select(
@@ -263,7 +344,8 @@ def one_member_figures(
     session: Session, window: Window, position: AccountPosition
 ) -> MemberFigures:
     """One account's flows in the window, with its position at the window's end."""
-    flow = session.execute(_flows_query(window, position.id)).first()
+    query = _kept_flows_query if window.whole else _flows_query
+    flow = session.execute(query(window, position.id)).first()
     return MemberFigures(
         member=position.id,
         given=int(flow.given) if flow else 0,

@@ -1,0 +1,64 @@
+"""Expiry of pending exchanges: lazily, by any read or write that touches one, and by a sweep
+the server runs periodically."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import distinct, select
+from sqlalchemy.orm import Session
+
+from protocoop.clock import utc_now
+from protocoop.db import Database
+from protocoop.db.models import PendingExchange
+from protocoop.ledger.queries import has_due_expiries, is_due_for_expiry
+from protocoop.ledger.service import LockedLedger, expire_due
+
+log = logging.getLogger(__name__)
+
+_p = PendingExchange.__table__
+
+
+def expire_due_for(session: Session, community_id: str, account_id: str) -> int:
+    """Release the expired reservations of one account, in the caller's transaction."""
+    ledger = LockedLedger(session, community_id)
+    expired = ledger.expire_due([account_id])
+    ledger.flush()
+    return expired
+
+
+def release_due(
+    db: Database,
+    community_id: str,
+    *,
+    account_id: str | None = None,
+    exchange_id: str | None = None,
+) -> None:
+    """Before a read: release what has expired among the proposals the read will show."""
+    with db.read() as session:
+        if exchange_id is not None:
+            due = is_due_for_expiry(session, community_id, exchange_id)
+        else:
+            due = has_due_expiries(session, community_id, account_id)
+    if due:
+        db.run_write(lambda session: expire_due(session, community_id))
+
+
+def sweep(db: Database) -> int:
+    """Expire every due proposal in every community; returns how many."""
+    with db.read() as session:
+        communities = list(
+            session.scalars(
+                select(distinct(_p.c.community_id)).where(
+                    _p.c.status == "pending", _p.c.expires_at <= utc_now()
+                )
+            )
+        )
+    expired = 0
+    for community_id in communities:
+        expired += db.run_write(
+            lambda session, community_id=community_id: expire_due(session, community_id)
+        )
+    if expired:
+        log.info("expired %d pending exchanges", expired)
+    return expired
