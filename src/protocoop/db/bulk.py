@@ -86,7 +86,8 @@ def update_rows(
         sets += [f"{name} = COALESCE(:{name}, {name})" for name in unless_null]
         where = " AND ".join(f"{name} = :{name}" for name in keys)
         connection.execute(
-            text(f"UPDATE {table.name} SET {', '.join(sets)} WHERE {where}"), list(rows)
+            text(f"UPDATE {table.name} SET {', '.join(sets)} WHERE {where}"),  # noqa: S608
+            list(rows),
         )
         return
     columns = [*keys, *add, *assign, *unless_null]
@@ -97,10 +98,8 @@ def update_rows(
     sets += [f"{name} = v.{name}" for name in assign]
     sets += [f"{name} = COALESCE(v.{name}, t.{name})" for name in unless_null]
     where = " AND ".join(f"t.{name} = v.{name}" for name in keys)
-    connection.execute(
-        text(
-            f"UPDATE {table.name} AS t SET {', '.join(sets)} "
-            f"FROM unnest({unnest}) AS v({', '.join(columns)}) WHERE {where}"
-        ),
-        arrays,
+    statement = (
+        f"UPDATE {table.name} AS t SET {', '.join(sets)} "  # noqa: S608 (names from our models)
+        f"FROM unnest({unnest}) AS v({', '.join(columns)}) WHERE {where}"
     )
+    connection.execute(text(statement), arrays)

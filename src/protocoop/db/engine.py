@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -130,6 +131,7 @@ class Database:
         self.dialect = self.engine.dialect.name
         self._reader = sessionmaker(read_engine(self.engine), expire_on_commit=False)
         self._writer = sessionmaker(write_engine(self.engine), expire_on_commit=False)
+        self._sqlite_writer = threading.Lock() if self.dialect == "sqlite" else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -146,7 +148,15 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """One read-write transaction, committed when the block ends without error."""
+        """One read-write transaction, committed when the block ends without error.
+
+        SQLite allows one writer at a time; this process's writers queue on a lock of their
+        own rather than in SQLite's busy loop, which sleeps and retries and so lets a waiting
+        writer miss its turn until the busy timeout. Other processes still wait in SQLite."""
+        if self._sqlite_writer is not None:
+            timeout = self.settings.sqlite_busy_timeout_ms / 1000
+            if not self._sqlite_writer.acquire(timeout=timeout):
+                raise Unavailable("The database is busy; retry with the same Idempotency-Key.")
         try:
             with self._writer() as session, session.begin():
                 yield session
@@ -154,6 +164,9 @@ class Database:
             if is_retryable(error) or isinstance(error, IntegrityError):
                 raise
             raise as_unavailable(error) from error
+        finally:
+            if self._sqlite_writer is not None:
+                self._sqlite_writer.release()
 
     def run_write(self, work: Callable[[Session], T]) -> T:
         """Run `work` in a write transaction, retrying deadlocks and serialization failures."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import distinct, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from protocoop.clock import utc_now
@@ -49,9 +49,9 @@ def sweep(db: Database) -> int:
     with db.read() as session:
         communities = list(
             session.scalars(
-                select(distinct(_p.c.community_id)).where(
-                    _p.c.status == "pending", _p.c.expires_at <= utc_now()
-                )
+                select(_p.c.community_id)
+                .where(_p.c.status == "pending", _p.c.expires_at <= utc_now())
+                .distinct()
             )
         )
     expired = 0
