@@ -89,17 +89,32 @@ def load(db: Database, members: int, exchanges: int, seed: int = 7) -> float:
         session.execute(
             insert(Account),
             [
-                dict(community_id=COMMUNITY, id=m, kind="member", balance=0,
-                     lower_limit=-(10**12), upper_limit=None, reserved_debit=0,
-                     reserved_credit=0, created_at=now)
+                {
+                    "community_id": COMMUNITY,
+                    "id": m,
+                    "kind": "member",
+                    "balance": 0,
+                    "lower_limit": -(10**12),
+                    "upper_limit": None,
+                    "reserved_debit": 0,
+                    "reserved_credit": 0,
+                    "created_at": now,
+                }
                 for m in ids
             ],
         )
         session.execute(
             insert(Member),
             [
-                dict(community_id=COMMUNITY, id=m, name=m, kind="person", status="active",
-                     created_at=now, updated_at=now)
+                {
+                    "community_id": COMMUNITY,
+                    "id": m,
+                    "name": m,
+                    "kind": "person",
+                    "status": "active",
+                    "created_at": now,
+                    "updated_at": now,
+                }
                 for m in ids
             ],
         )
@@ -148,8 +163,16 @@ def time_export(url: str, fmt: str) -> tuple[float, float, int]:
     with tempfile.NamedTemporaryFile(suffix=f".{fmt}") as output:
         started = time.perf_counter()
         child = subprocess.Popen(
-            [str(protocoop), "export", "--community", COMMUNITY, "--format", fmt,
-             "--output", output.name],
+            [
+                str(protocoop),
+                "export",
+                "--community",
+                COMMUNITY,
+                "--format",
+                fmt,
+                "--output",
+                output.name,
+            ],
             env=env,
             stderr=subprocess.DEVNULL,
         )
@@ -200,8 +223,10 @@ def main() -> None:
         print(f"building {kind}: {args.members} members, {exchanges} exchanges...", flush=True)
         rows.append(run(kind, args.members, exchanges))
     print()
-    print(f"{'database':<11}{'exchanges':>10}{'load/s':>9}{'report s':>10}{'holds':>7}"
-          f"{'journal s':>11}{'RSS MB':>8}{'csv s':>8}{'RSS MB':>8}")
+    print(
+        f"{'database':<11}{'exchanges':>10}{'load/s':>9}{'report s':>10}{'holds':>7}"
+        f"{'journal s':>11}{'RSS MB':>8}{'csv s':>8}{'RSS MB':>8}"
+    )
     for r in rows:
         print(
             f"{r['database']:<11}{r['exchanges']:>10}{r['load_per_s']:>9.0f}{r['report_s']:>10.2f}"

@@ -52,7 +52,10 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def postgres_server_url() -> str:
     url = os.environ.get(POSTGRES_ENV)
     if not url:
-        pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres)")
+        pytest.skip(
+            f"PostgreSQL tests need {POSTGRES_ENV} "
+            "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres)"
+        )
     return url
 
 
@@ -224,6 +227,28 @@ def community(api: Api) -> dict[str, Any]:
 @pytest.fixture
 def keys(db: Database, community: dict[str, Any]) -> dict[str, str]:
     """A token of every role for `riverside`, plus `admin`."""
-    tokens = {role.value: make_key(db, role, "riverside") for role in Role if role is not Role.ADMIN}
+    tokens = {
+        role.value: make_key(db, role, "riverside") for role in Role if role is not Role.ADMIN
+    }
     tokens["admin"] = make_key(db, Role.ADMIN)
     return tokens
+
+
+# --- databases that have never been migrated (migrations, command line, server) ----------------
+
+
+@pytest.fixture
+def empty_database_url(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[str]:
+    """A database of the test's backend that has never been migrated: a SQLite file that does not
+    exist yet, or a PostgreSQL database created for this test and dropped after it."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    server_url: str = request.getfixturevalue("postgres_server_url")
+    url = create_postgres_database(server_url)
+    try:
+        yield url
+    finally:
+        drop_postgres_database(server_url, url)

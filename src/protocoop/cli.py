@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -38,6 +39,7 @@ T = TypeVar("T")
 
 app = typer.Typer(
     help="protocoop: a mutual-credit exchange ledger service.",
+    rich_markup_mode=None,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -433,8 +435,10 @@ def check(
     for cid, report in reports:
         if report.integrity.ok and report.window.until is None:
             _write(
-                lambda session, cid=cid, seq=report.as_of_seq: audit_service.record_checkpoint(
-                    session, cid, seq
+                partial(
+                    audit_service.record_checkpoint,
+                    community_id=cid,
+                    verified_seq=report.as_of_seq,
                 )
             )
     if as_json:

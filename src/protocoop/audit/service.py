@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from sqlalchemy import and_, func, literal, or_, select
+from sqlalchemy import ColumnElement, and_, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from protocoop.audit.schemas import AuditProblem, AuditReport
@@ -165,7 +165,7 @@ def _running_balances(session: Session, community_id: str, after_seq: int) -> li
     """Each entry after `after_seq` must be its account's previous balance plus its amount; the
     balance before them is read from the last earlier entry's balance_after."""
     earlier = _e.alias("earlier")
-    opening = func.coalesce(
+    opening: ColumnElement[int] = func.coalesce(
         select(earlier.c.balance_after)
         .where(
             earlier.c.community_id == community_id,

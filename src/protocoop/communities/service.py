@@ -43,7 +43,7 @@ def public(community: Community) -> CommunityPublic:
                 LevyPolicy(
                     rate_ppm=community.levy_rate_ppm,
                     minimum=community.levy_minimum or 0,
-                    paid_by=community.levy_paid_by,  # type: ignore[arg-type]
+                    paid_by=community.levy_paid_by,
                 )
                 if community.levy_rate_ppm is not None
                 else None

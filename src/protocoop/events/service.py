@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.orm import Session
 
 from protocoop.clock import utc_now
@@ -21,8 +21,8 @@ from protocoop.db.bulk import insert_rows
 from protocoop.db.models import Event, LedgerHead
 from protocoop.errors import NotFound
 
-_events = Event.__table__
-_heads = LedgerHead.__table__
+_events = cast(Table, Event.__table__)
+_heads = cast(Table, LedgerHead.__table__)
 
 EVENT_TYPES = (
     "exchange.completed",

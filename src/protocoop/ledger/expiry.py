@@ -4,6 +4,7 @@ the server runs periodically."""
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -44,6 +45,10 @@ def release_due(
         db.run_write(lambda session: expire_due(session, community_id))
 
 
+def _expire_community(session: Session, community_id: str) -> int:
+    return expire_due(session, community_id)
+
+
 def sweep(db: Database) -> int:
     """Expire every due proposal in every community; returns how many."""
     with db.read() as session:
@@ -56,9 +61,7 @@ def sweep(db: Database) -> int:
         )
     expired = 0
     for community_id in communities:
-        expired += db.run_write(
-            lambda session, community_id=community_id: expire_due(session, community_id)
-        )
+        expired += db.run_write(partial(_expire_community, community_id=community_id))
     if expired:
         log.info("expired %d pending exchanges", expired)
     return expired

@@ -30,7 +30,7 @@ PROPOSAL_STATUSES = ("pending", "rejected", "cancelled", "expired")
 
 
 def _levy(amount: int | None, paid_by: str | None) -> LevyPublic | None:
-    return LevyPublic(amount=amount, paid_by=paid_by) if amount else None  # type: ignore[arg-type]
+    return LevyPublic(amount=amount, paid_by=paid_by) if amount else None
 
 
 def public(posted: PostedExchange) -> ExchangePublic:
@@ -47,7 +47,7 @@ def public(posted: PostedExchange) -> ExchangePublic:
         external_id=posted.external_id,
         occurred_at=posted.occurred_at,
         created_at=posted.created_at,
-        status=posted.status,  # type: ignore[arg-type]
+        status=posted.status,
         reverses=posted.reverses,
         reversed_by=posted.reversed_by,
         metadata=posted.metadata,
@@ -58,7 +58,7 @@ def public(posted: PostedExchange) -> ExchangePublic:
         ],
         prev_hash=posted.prev_hash,
         hash=posted.hash,
-        initiated_by=posted.initiated_by,  # type: ignore[arg-type]
+        initiated_by=posted.initiated_by,
         expires_at=posted.expires_at,
         resolved_at=posted.resolved_at,
     )

@@ -28,9 +28,9 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import Table, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from protocoop.clock import utc_now
@@ -59,12 +59,12 @@ from protocoop.events.service import NewEvent, write_events
 from protocoop.ledger.chain import ChainedExchange, ChainEntry, chain_hash
 from protocoop.money import MAX_BALANCE
 
-_accounts = Account.__table__
-_exchanges = Exchange.__table__
-_entries = Entry.__table__
-_heads = LedgerHead.__table__
-_pending = PendingExchange.__table__
-_pairs = PairFlow.__table__
+_accounts = cast(Table, Account.__table__)
+_exchanges = cast(Table, Exchange.__table__)
+_entries = cast(Table, Entry.__table__)
+_heads = cast(Table, LedgerHead.__table__)
+_pending = cast(Table, PendingExchange.__table__)
+_pairs = cast(Table, PairFlow.__table__)
 
 COMMONS = "@commons"
 PPM = 1_000_000

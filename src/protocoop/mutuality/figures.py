@@ -195,9 +195,8 @@ def _aware(moment: Any) -> datetime | None:
     """Scalar subqueries lose the column type on SQLite: make the time a UTC-aware datetime."""
     if moment is None:
         return None
-    if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    parsed: datetime = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _flows_query(window: Window, member_id: str | None = None) -> Select[Any]:
