@@ -465,10 +465,10 @@ class LockedLedger:
                 levy=levy,
             )
             allowed = ("active",)
-        for account_id in {account for account, _ in plan.postings} | {
-            plan.provider,
-            plan.receiver,
-        }:
+        # Receiver first, then provider, then any other account: refusals name them in that order.
+        for account_id in dict.fromkeys(
+            [plan.receiver, plan.provider, *(account for account, _ in plan.postings)]
+        ):
             account = self._accounts.get(account_id)
             if account is None:
                 raise NotFound(f"Member {account_id!r} not found.", member=account_id)
