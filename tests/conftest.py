@@ -102,21 +102,36 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(scope="session")
+def shared_sqlite_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SQLite file the API tests use, reset from the template before each test."""
+    return tmp_path_factory.mktemp("shared") / "protocoop.db"
+
+
 @pytest.fixture
-def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def database_url(backend: str, request: pytest.FixtureRequest) -> str:
     """An empty, migrated database of the test's backend."""
     if backend == "sqlite":
-        path = tmp_path / "protocoop.db"
+        path: Path = request.getfixturevalue("shared_sqlite_path")
+        url = f"sqlite:///{path}"
+        _quiesce_app(url)
+        for leftover in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            leftover.unlink(missing_ok=True)
         shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
-        return f"sqlite:///{path}"
-    url: str = request.getfixturevalue("postgres_url")
+        return url
+    url = request.getfixturevalue("postgres_url")
+    _quiesce_app(url)
     _truncate_postgres(url)
-    return url
+    return str(url)
 
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, auto_migrate=False, _env_file=None)  # type: ignore[call-arg]
+    """Settings for the test's database. No background housekeeping: the shared app outlives
+    each test's database, which is reset under it (tests call the sweep themselves)."""
+    return Settings(  # type: ignore[call-arg]
+        database_url=database_url, auto_migrate=False, expiry_sweep_s=0, _env_file=None
+    )
 
 
 @pytest.fixture
@@ -130,16 +145,42 @@ def db(settings: Settings) -> Iterator[Database]:
 # --- the API -----------------------------------------------------------------------------------
 
 
+_APPS: dict[str, tuple[Any, TestClient]] = {}
+"""One running app (and client) per database URL for the whole session: building an app and
+preparing its routes costs more than most tests, and each test gets its database reset anyway."""
+
+
+def _quiesce_app(url: str) -> None:
+    """Before a database is reset: close the shared app's connections and forget its caches."""
+    if url in _APPS:
+        app = _APPS[url][0]
+        app.state.db.dispose()
+        app.state.known_communities.clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_shared_apps() -> Iterator[None]:
+    yield
+    for _, test_client in _APPS.values():
+        test_client.__exit__(None, None, None)
+    _APPS.clear()
+
+
 @pytest.fixture
 def app(settings: Settings) -> Any:
-    return create_app(settings)
+    """The application on the test's (freshly reset) database."""
+    if settings.database_url not in _APPS:
+        application = create_app(settings)
+        test_client = TestClient(application, raise_server_exceptions=False)
+        test_client.__enter__()
+        _APPS[settings.database_url] = (application, test_client)
+    return _APPS[settings.database_url][0]
 
 
 @pytest.fixture
-def client(app: Any) -> Iterator[TestClient]:
+def client(app: Any, settings: Settings) -> TestClient:
     """An unauthenticated client; see `api` for one that sends a key."""
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
+    return _APPS[settings.database_url][1]
 
 
 class Api:
