@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from protocoop import __version__
 from protocoop.audit.router import router as audit_router
+from protocoop.auth.cache import PrincipalCache
 from protocoop.auth.router import router as api_keys_router
 from protocoop.balances.router import router as balances_router
 from protocoop.communities.router import router as communities_router
@@ -22,6 +23,7 @@ from protocoop.http import BodyLimitMiddleware, RequestIdMiddleware, install_err
 from protocoop.idempotency import InFlight, forget_older_than
 from protocoop.ledger.expiry import sweep
 from protocoop.ledger.router import router as exchanges_router
+from protocoop.ledger.writer import GroupCommitWriter
 from protocoop.members.router import router as members_router
 from protocoop.mutuality.router import router as mutuality_router
 from protocoop.ops import router as ops_router
@@ -63,11 +65,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             migrate.upgrade(settings.database_url)
         db = Database(settings)
         app.state.db = db
+        app.state.writer = GroupCommitWriter(db, max_group=settings.group_commit_max)
         housekeeping = asyncio.create_task(_housekeeping(db, settings))
         try:
             yield
         finally:
             housekeeping.cancel()
+            app.state.writer.close()
             db.dispose()
 
     app = FastAPI(
@@ -79,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.in_flight = InFlight()
     app.state.known_communities = set()
+    app.state.principals = PrincipalCache(settings.auth_cache_s)
     app.state.head_revisions = migrate.head_revisions()
 
     install_error_handlers(app)

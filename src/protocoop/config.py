@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     db_retry_attempts: int = Field(default=5, ge=1)
     """Deadlocks and serialization failures are retried this many times before 503."""
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    group_commit_max: int = Field(default=256, ge=1)
+    """Most posting requests one group-commit transaction records."""
+    auth_cache_s: float = Field(default=2, ge=0)
+    """How long a process trusts a token it has checked, for reads and posts (0: never)."""
     expiry_sweep_s: float = Field(default=30, ge=0)
     """How often the server releases expired pending exchanges (0: only lazily, on access)."""
     idempotency_retention_hours: int = Field(default=48, ge=24)

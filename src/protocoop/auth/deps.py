@@ -8,14 +8,17 @@ something gets 403.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from protocoop.auth import service
+from protocoop.auth.cache import PrincipalCache
 from protocoop.auth.roles import ADMINS, MANAGERS, OVERSEERS, POSTERS, READERS, Principal, Role
+from protocoop.auth.tokens import token_hash
 from protocoop.db import Database
 from protocoop.db.models import Community
 from protocoop.errors import Forbidden, NotFound, Unauthorized
@@ -34,27 +37,51 @@ def get_database(request: Request) -> Database:
 DatabaseDep = Annotated[Database, Depends(get_database)]
 
 
-def authenticate(
+def revalidates_key(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a write endpoint that checks its key again inside the transaction that records it,
+    so it may authenticate from the short-lived cache like a read."""
+    endpoint.revalidates_key = True  # type: ignore[attr-defined]
+    return endpoint
+
+
+def _may_use_cache(request: Request) -> bool:
+    if request.method in ("GET", "HEAD"):
+        return True
+    endpoint = getattr(request.scope.get("route"), "endpoint", None)
+    return bool(getattr(endpoint, "revalidates_key", False))
+
+
+async def authenticate(
+    request: Request,
     db: DatabaseDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """The principal behind the bearer token; unknown and revoked tokens are the same 401."""
     if credentials is None or not credentials.credentials:
         raise Unauthorized("Send an API key as `Authorization: Bearer <token>`.")
-    with db.read() as session:
-        principal = service.authenticate(session, credentials.credentials)
+    cache: PrincipalCache = request.app.state.principals
+    digest = token_hash(credentials.credentials)
+    principal = cache.get(digest) if _may_use_cache(request) else None
     if principal is None:
-        raise Unauthorized("Unknown or revoked API key.")
+
+        def look_up() -> Principal | None:
+            with db.read() as session:
+                return service.authenticate(session, credentials.credentials)
+
+        principal = await run_in_threadpool(look_up)
+        if principal is None:
+            raise Unauthorized("Unknown or revoked API key.")
+        cache.put(digest, principal)
     return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
 
 
-def require_roles(roles: frozenset[Role]) -> Callable[[Principal], Principal]:
+def require_roles(roles: frozenset[Role]) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that lets through only `roles` (for routes outside any community)."""
 
-    def dependency(principal: PrincipalDep) -> Principal:
+    async def dependency(principal: PrincipalDep) -> Principal:
         if principal.role not in roles:
             raise Forbidden(f"The {principal.role.value} role may not do this.")
         return principal
@@ -63,23 +90,27 @@ def require_roles(roles: frozenset[Role]) -> Callable[[Principal], Principal]:
     return dependency
 
 
-def community_exists(request: Request, db: Database, community_id: str) -> bool:
+async def community_exists(request: Request, db: Database, community_id: str) -> bool:
     """Whether the community exists. Communities are never deleted, so a yes is remembered."""
     known: set[str] = request.app.state.known_communities
     if community_id in known:
         return True
-    with db.read() as session:
-        found = session.get(Community, community_id) is not None
+
+    def look_up() -> bool:
+        with db.read() as session:
+            return session.get(Community, community_id) is not None
+
+    found = await run_in_threadpool(look_up)
     if found:
         known.add(community_id)
     return found
 
 
-def in_community(roles: frozenset[Role]) -> Callable[..., Principal]:
+def in_community(roles: frozenset[Role]) -> Callable[..., Awaitable[Principal]]:
     """A dependency for routes under `/v1/communities/{community_id}`: 404 for a community the key
     cannot see or that does not exist, then 403 for a role not in `roles`."""
 
-    def dependency(
+    async def dependency(
         request: Request,
         principal: PrincipalDep,
         db: DatabaseDep,
@@ -88,7 +119,7 @@ def in_community(roles: frozenset[Role]) -> Callable[..., Principal]:
         if (
             not principal.sees(community_id)
             or not _COMMUNITY_ID.match(community_id)
-            or not community_exists(request, db, community_id)
+            or not await community_exists(request, db, community_id)
         ):
             raise NotFound(f"Community {community_id!r} not found.")
         if principal.role not in roles:

@@ -61,7 +61,10 @@ def list_keys(
 
 
 @router.delete("/{key_id}", status_code=204, responses=problem_responses(401, 403, 404, 503))
-def revoke_key(key_id: KeyPath, principal: KeyManager, db: DatabaseDep) -> Response:
+def revoke_key(
+    key_id: KeyPath, principal: KeyManager, db: DatabaseDep, request: Request
+) -> Response:
     """Revoke a key; it stops working from the next request."""
     db.run_write(lambda session: service.revoke_key(session, key_id, by=principal))
+    request.app.state.principals.forget_key(key_id)
     return Response(status_code=204)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session
 
-from protocoop.auth.deps import DatabaseDep, Manager, Poster, Reader
+from protocoop.auth.deps import DatabaseDep, Manager, Poster, Reader, revalidates_key
 from protocoop.auth.roles import Principal, Role
 from protocoop.errors import Forbidden, ValidationFailed
-from protocoop.idempotency import IdempotencyDep, respond
+from protocoop.idempotency import IdempotencyDep, IdempotencyKey, respond
 from protocoop.ledger import queries
 from protocoop.ledger.expiry import release_due
 from protocoop.ledger.schemas import (
@@ -24,7 +25,14 @@ from protocoop.ledger.schemas import (
     ExchangeStatus,
     ReverseRequest,
 )
-from protocoop.ledger.service import Draft, Settlement, post_exchanges, settle_exchange
+from protocoop.ledger.service import (
+    Draft,
+    PostedExchange,
+    Settlement,
+    post_exchanges,
+    settle_exchange,
+)
+from protocoop.ledger.writer import GroupCommitWriter, PostRequest
 from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
 from protocoop.responses import Rendered, problem_responses, render, render_problem
 from protocoop.schemas import ACCOUNT_ID_PATTERN, ExchangePath, Page, Timestamp
@@ -59,8 +67,40 @@ def _guard_system_accounts(principal: Principal, specs: Iterable[ExchangeCreate]
             raise Forbidden("Only a treasurer may post exchanges with system accounts.")
 
 
+async def _post_through_writer(
+    request: Request,
+    community_id: str,
+    principal: Principal,
+    idempotency: IdempotencyKey | None,
+    drafts: list[Draft],
+    render_posted: Callable[[list[PostedExchange]], Rendered],
+    *,
+    batch: bool,
+) -> Response:
+    """Hand the drafts to the process's group-commit writer and wait for the answer."""
+    writer: GroupCommitWriter = request.app.state.writer
+    claim = (
+        request.app.state.in_flight.claim(community_id, idempotency)
+        if idempotency is not None
+        else nullcontext()
+    )
+    with claim:
+        rendered = await writer.submit(
+            PostRequest(
+                community_id=community_id,
+                drafts=drafts,
+                key_id=principal.key_id,
+                idempotency=idempotency,
+                render=render_posted,
+                batch=batch,
+            )
+        )
+    return rendered.to_response()
+
+
 @router.post("", status_code=201, response_model=ExchangePublic, responses=POSTING_PROBLEMS)
-def post_exchange(
+@revalidates_key
+async def post_exchange(
     community_id: str,
     spec: ExchangeCreate,
     principal: Poster,
@@ -71,17 +111,20 @@ def post_exchange(
     With `"pending": true` it is only proposed: its amount is reserved until it is accepted,
     rejected, cancelled or expires."""
     _guard_system_accounts(principal, [spec])
-    drafts = [draft(spec)]
-
-    def work(session: Session) -> Rendered:
-        posted = post_exchanges(session, community_id, drafts, created_by=principal.key_id)
-        return render(201, queries.public(posted[0]))
-
-    return respond(request, community_id, idempotency, work)
+    return await _post_through_writer(
+        request,
+        community_id,
+        principal,
+        idempotency,
+        [draft(spec)],
+        lambda posted: render(201, queries.public(posted[0])),
+        batch=False,
+    )
 
 
 @router.post(":batch", status_code=201, response_model=BatchPublic, responses=POSTING_PROBLEMS)
-def post_batch(
+@revalidates_key
+async def post_batch(
     community_id: str,
     batch: ExchangeBatch,
     principal: Poster,
@@ -91,15 +134,15 @@ def post_batch(
     """Record up to 1000 exchanges in order, all or nothing: a refusal names the item's `index`.
     Limits apply to the running balances within the batch."""
     _guard_system_accounts(principal, batch.exchanges)
-    drafts = [draft(spec) for spec in batch.exchanges]
-
-    def work(session: Session) -> Rendered:
-        posted = post_exchanges(
-            session, community_id, drafts, created_by=principal.key_id, batch=True
-        )
-        return render(201, BatchPublic(exchanges=[queries.public(p) for p in posted]))
-
-    return respond(request, community_id, idempotency, work)
+    return await _post_through_writer(
+        request,
+        community_id,
+        principal,
+        idempotency,
+        [draft(spec) for spec in batch.exchanges],
+        lambda posted: render(201, BatchPublic(exchanges=[queries.public(p) for p in posted])),
+        batch=True,
+    )
 
 
 @router.post(

@@ -1,0 +1,259 @@
+"""Group commit: one writer thread per process records concurrent posts in shared transactions.
+
+A posting request does not open a transaction of its own. It is queued; the writer takes every
+request waiting (up to `max_group`), groups them by community and records each group in **one**
+transaction: one lock of the ledger head, one INSERT per table, one commit (and one fsync). Under
+load, transactions grow by themselves — no timer, no added latency when idle.
+
+Each request still succeeds or fails on its own: `LockedLedger.post` checks a request in memory
+and changes nothing when it refuses it, so a refusal is that request's answer and the others go
+on. Idempotency records are written in the same transaction as the exchanges they answer for, and
+each request's API key is checked again inside that transaction, so a key revoked a moment ago
+records nothing. If the shared transaction fails as a whole (a database error), its requests are
+retried one transaction each, so one bad request cannot take the others down with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from protocoop.clock import utc_now
+from protocoop.db import Database
+from protocoop.db.bulk import insert_rows
+from protocoop.db.models import ApiKey, IdempotencyRecord
+from protocoop.errors import (
+    IdempotencyKeyReused,
+    InternalError,
+    ProblemError,
+    Unauthorized,
+    Unavailable,
+)
+from protocoop.idempotency import REPLAYED_HEADER, IdempotencyKey
+from protocoop.ledger.service import Draft, LockedLedger, PostedExchange
+from protocoop.responses import Rendered, render_problem
+
+log = logging.getLogger(__name__)
+
+_records = IdempotencyRecord.__table__
+
+
+@dataclass(slots=True)
+class PostRequest:
+    """One posting request waiting for the writer."""
+
+    community_id: str
+    drafts: Sequence[Draft]
+    key_id: str
+    """The API key that sent it (checked again when recorded)."""
+    idempotency: IdempotencyKey | None
+    render: Callable[[list[PostedExchange]], Rendered]
+    """How to answer once recorded (single exchange or batch document)."""
+    batch: bool = False
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+    answer: asyncio.Future[Rendered] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.answer = self.loop.create_future()
+
+    def deliver(self, rendered: Rendered) -> None:
+        self.loop.call_soon_threadsafe(_settle, self.answer, rendered)
+
+
+def _settle(answer: asyncio.Future[Rendered], rendered: Rendered) -> None:
+    if not answer.done():  # the client may have gone away
+        answer.set_result(rendered)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStats:
+    """What the writer has done (exported as metrics)."""
+
+    groups: int
+    requests: int
+
+
+class GroupCommitWriter:
+    """The process's posting writer thread."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_group: int = 256,
+        on_group: Callable[[int], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.max_group = max_group
+        self.on_group = on_group
+        self._queue: queue.SimpleQueue[PostRequest | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="protocoop-writer", daemon=True)
+        self._thread.start()
+
+    async def submit(self, request: PostRequest) -> Rendered:
+        """Queue a request and wait for its answer."""
+        self._queue.put(request)
+        return await request.answer
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            stop = False
+            while len(group) < self.max_group:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                group.append(more)
+            try:
+                self._record(group)
+            except Exception:  # never let the writer die: answer and carry on
+                log.exception("group commit failed")
+                for request in group:
+                    request.deliver(render_problem(InternalError()))
+            if stop:
+                return
+
+    def _record(self, group: list[PostRequest]) -> None:
+        if self.on_group is not None:
+            self.on_group(len(group))
+        by_community: dict[str, list[PostRequest]] = defaultdict(list)
+        for request in group:
+            by_community[request.community_id].append(request)
+        for community_id, requests in by_community.items():
+            try:
+                answers = self.db.run_write(
+                    partial(record_group, community_id=community_id, requests=requests)
+                )
+            except Exception as error:
+                if len(requests) == 1:
+                    answers = [_failure(error)]
+                else:
+                    answers = [self._record_alone(community_id, request) for request in requests]
+            for request, answer in zip(requests, answers, strict=True):
+                request.deliver(answer)
+
+    def _record_alone(self, community_id: str, request: PostRequest) -> Rendered:
+        try:
+            return self.db.run_write(
+                lambda session: record_group(session, community_id, [request])
+            )[0]
+        except Exception as error:
+            return _failure(error)
+
+
+def _failure(error: Exception) -> Rendered:
+    """The answer for a request whose transaction failed."""
+    if isinstance(error, ProblemError):
+        return render_problem(error)
+    if isinstance(error, DBAPIError):
+        log.warning("posting transaction failed: %s", error.orig)
+        return render_problem(
+            Unavailable("The database could not record it; retry with the same Idempotency-Key.")
+        )
+    log.exception("posting failed", exc_info=error)
+    return render_problem(InternalError())
+
+
+def record_group(
+    session: Session, community_id: str, requests: Sequence[PostRequest]
+) -> list[Rendered]:
+    """Record `requests` in one community within the caller's transaction; one answer each.
+
+    The ledger head is locked first, so the idempotency lookups below see every request recorded
+    before this transaction by any process."""
+    ledger = LockedLedger(session, community_id)
+    live_keys = set(
+        session.scalars(
+            select(ApiKey.id).where(
+                ApiKey.id.in_({r.key_id for r in requests}), ApiKey.revoked_at.is_(None)
+            )
+        )
+    )
+    keyed = [(r.idempotency.api_key_id, r.idempotency.key) for r in requests if r.idempotency]
+    stored: dict[tuple[str, str], Any] = {}
+    if keyed:
+        stored = {
+            (row.api_key_id, row.key): row
+            for row in session.execute(
+                select(_records).where(
+                    _records.c.community_id == community_id,
+                    tuple_(_records.c.api_key_id, _records.c.key).in_(keyed),
+                )
+            )
+        }
+    answers: list[Rendered] = []
+    remembered: list[dict[str, Any]] = []
+    now = utc_now()
+    for request in requests:
+        key = request.idempotency
+        if request.key_id not in live_keys:
+            answers.append(render_problem(Unauthorized("Unknown or revoked API key.")))
+            continue
+        first = stored.get((key.api_key_id, key.key)) if key else None
+        if first is not None and key is not None:
+            if first.request_hash != key.fingerprint:
+                answers.append(
+                    render_problem(
+                        IdempotencyKeyReused(
+                            "This Idempotency-Key was used for a different request; use a new key."
+                        )
+                    )
+                )
+            else:
+                answers.append(
+                    Rendered(
+                        first.status_code,
+                        first.content_type,
+                        first.response_body.encode(),
+                        {REPLAYED_HEADER: "true"},
+                    )
+                )
+            continue
+        try:
+            answer = request.render(
+                ledger.post(request.drafts, created_by=request.key_id, batch=request.batch)
+            )
+        except ProblemError as refusal:
+            if refusal.status >= 500:
+                raise
+            answer = render_problem(refusal)
+        if key is not None:
+            remembered.append(
+                {
+                    "community_id": community_id,
+                    "api_key_id": key.api_key_id,
+                    "key": key.key,
+                    "request_hash": key.fingerprint,
+                    "status_code": answer.status_code,
+                    "content_type": answer.content_type,
+                    "response_body": answer.body.decode(),
+                    "created_at": now,
+                }
+            )
+        answers.append(answer)
+    ledger.flush()
+    insert_rows(session.connection(), _records, remembered)  # type: ignore[arg-type]
+    return answers
