@@ -26,6 +26,7 @@ from protocoop.ledger.router import router as exchanges_router
 from protocoop.ledger.writer import GroupCommitWriter
 from protocoop.members.router import router as members_router
 from protocoop.mutuality.router import router as mutuality_router
+from protocoop.observability import GROUP_COMMIT_SIZE, MetricsMiddleware, configure_logging
 from protocoop.ops import router as ops_router
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ async def _housekeeping(db: Database, settings: Settings) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A protocoop ASGI application for `settings` (by default, from the environment)."""
     settings = settings or get_settings()
+    configure_logging(settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,7 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             migrate.upgrade(settings.database_url)
         db = Database(settings)
         app.state.db = db
-        app.state.writer = GroupCommitWriter(db, max_group=settings.group_commit_max)
+        app.state.writer = GroupCommitWriter(
+            db, max_group=settings.group_commit_max, on_group=GROUP_COMMIT_SIZE.observe
+        )
         housekeeping = asyncio.create_task(_housekeeping(db, settings))
         try:
             yield
@@ -88,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, log_requests=settings.access_log)
     app.add_middleware(RequestIdMiddleware)
 
     for router in (

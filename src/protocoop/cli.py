@@ -7,7 +7,9 @@ invocation, exits 2. Output meant for scripts (a new token, `--json`) goes alone
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -32,6 +34,7 @@ from protocoop.members import service as members_service
 from protocoop.members.schemas import MemberCreate
 from protocoop.mutuality import service as mutuality_service
 from protocoop.mutuality.schemas import MutualityPublic
+from protocoop.observability import configure_logging
 from protocoop.pagination import MAX_LIMIT
 from protocoop.schemas import Page
 
@@ -179,6 +182,10 @@ def serve(
     supervisor: dict[str, Any] = {}
     if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
         supervisor["timeout_worker_healthcheck"] = WORKER_HEALTHCHECK_TIMEOUT_S
+    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Every worker writes its metrics here, so /metrics adds them all up.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="protocoop-metrics-")
+    configure_logging(settings.log_level)
     uvicorn.run(
         "protocoop.app:create_app",
         factory=True,
@@ -186,6 +193,7 @@ def serve(
         port=port or settings.port,
         workers=workers,
         log_level=settings.log_level,
+        log_config=None,
         access_log=False,
         proxy_headers=False,
         **supervisor,

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    access_log: bool = False
+    """Log every request (method, route, status, duration, request id) as a JSON line; off by
+    default because it costs a fifth to a third of the throughput."""
     auto_migrate: bool | None = None
     """Migrate to head when serving; defaults to true for SQLite and false otherwise."""
     sqlite_synchronous: SqliteSynchronous = "FULL"

@@ -26,6 +26,7 @@ from protocoop.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from protocoop.observability import request_id_var
 from protocoop.responses import render_problem
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ class RequestIdMiddleware:
         given = _header(scope, REQUEST_ID_HEADER.lower().encode())
         request_id = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        request_id_var.set(request_id)
         header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
 
         async def send_with_id(message: Message) -> None:

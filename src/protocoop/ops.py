@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from protocoop.db import migrate
 from protocoop.errors import Unavailable
+from protocoop.observability import metrics_document
 from protocoop.responses import problem_responses
 
 router = APIRouter(tags=["operations"])
@@ -39,5 +39,7 @@ def readyz(request: Request) -> dict[str, str]:
 
 @router.get("/metrics", response_class=Response)
 def metrics() -> Response:
-    """Prometheus text exposition."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text exposition: latencies, exchanges recorded and refused, batch and
+    group-commit sizes, database connections in use."""
+    document, content_type = metrics_document()
+    return Response(document, media_type=content_type)

@@ -515,3 +515,38 @@ class Event(Base):
     created_at: Mapped[datetime]
     data: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
     """The resource as it was right after the change."""
+
+
+INSTANCE_SCOPE = ""
+"""The `audit_log.community_id` of changes that belong to no community (admin keys)."""
+
+
+class AuditLogEntry(Base):
+    """One change that is not an exchange — communities, members, limits, status, API keys,
+    reversals — with who made it and the values before and after. Written in the same transaction
+    as the change; append-only (triggers refuse UPDATE and DELETE on both databases)."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        CheckConstraint("id > 0", name="id_positive"),
+        CheckConstraint('"before" IS NOT NULL OR "after" IS NOT NULL', name="says_what_changed"),
+        Index(None, "community_id", "action", "id"),
+        Index(None, "community_id", "target", "id"),
+    )
+
+    community_id: Mapped[str] = mapped_column(SLUG, primary_key=True)
+    """The community the change belongs to; '' for instance-wide changes (admin keys)."""
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    """1, 2, 3... per community (and for the instance), gap-free, in commit order."""
+    at: Mapped[datetime]
+    """When the change was made (UTC)."""
+    actor_key_id: Mapped[str | None] = mapped_column(KEY_ID, ForeignKey("api_keys.id"))
+    """Id of the API key that made the change; null when made from the command line."""
+    action: Mapped[str] = mapped_column(String(40))
+    """What was done, `<resource>.<verb>`: e.g. `member.updated`, `api_key.revoked`."""
+    target: Mapped[str] = mapped_column(String(100))
+    """Id of the resource changed: a community, member, API key or (reversed) exchange."""
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    """The changed fields as they were; null for a creation."""
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    """The changed fields as they became (for a creation, the whole new resource)."""

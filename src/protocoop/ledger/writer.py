@@ -42,6 +42,7 @@ from protocoop.errors import (
 )
 from protocoop.idempotency import REPLAYED_HEADER, IdempotencyKey
 from protocoop.ledger.service import Draft, LockedLedger, PostedExchange
+from protocoop.observability import count_posting_answer
 from protocoop.responses import Rendered, render_problem
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ class GroupCommitWriter:
                     answers = [self._record_alone(community_id, request) for request in requests]
             for request, answer in zip(requests, answers, strict=True):
                 request.deliver(answer)
+                count_posting_answer(answer.status_code, answer.body, len(request.drafts))
 
     def _record_alone(self, community_id: str, request: PostRequest) -> Rendered:
         try:
