@@ -1,17 +1,20 @@
 """How long does the mutuality report take on a big community, and what does an export cost?
 
 Builds a community of 10,000 members and 1,000,000 exchanges on PostgreSQL (100,000 on SQLite)
-through the batch posting path (1,000 exchanges per transaction), analyzes the tables after
-loading, then times:
-- the mutuality report (the same call the HTTP route makes, in a read transaction);
-- `protocoop export --format ledger` and `--format csv` to /dev/null, in a child process whose
-  peak RSS is read from the kernel.
+through the batch posting path (`post_exchanges`, 1,000 exchanges per transaction), analyzes the
+tables after loading (never before: see README, *Operations*), then times:
+- the mutuality report, whole history (the HTTP route's call, in a read transaction), and over a
+  one-day window (aggregated from that window's exchanges);
+- a full audit (`protocoop check`'s work: every exchange re-hashed);
+- `protocoop export --format ledger` and `--format csv`, in a child process whose peak RSS the
+  kernel reports;
+- an as-of balance (`?as_of_seq=`), once when the ledger holds 10,000 entries and again at the
+  end, to show it does not grow with history.
 
-    .venv/bin/python bench/mutuality_report.py                      # both databases
-    .venv/bin/python bench/mutuality_report.py --database postgresql --exchanges 200000
+    .venv/bin/python -m bench.mutuality_report                       # both databases
+    .venv/bin/python -m bench.mutuality_report --database postgresql --exchanges 200000
 
-PostgreSQL comes from PROTOCOOP_BENCH_POSTGRES_URL (default: the local server); a database
-`protocoop_bench_<random>` is created and dropped. Prints a table; asserts nothing.
+Prints a table; asserts nothing.
 """
 
 from __future__ import annotations
@@ -19,17 +22,20 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, insert, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import insert
 
+from bench.common import COMMUNITY, POSTGRES_URL, analyze, fresh_database
+from protocoop.audit.service import audit_community
+from protocoop.balances.service import member_balance
 from protocoop.clock import utc_now
 from protocoop.communities.schemas import CommunityCreate
 from protocoop.communities.service import create_community
@@ -39,38 +45,13 @@ from protocoop.db.models import Account, Member
 from protocoop.ledger.service import Draft, post_exchanges
 from protocoop.mutuality.service import community_mutuality
 
-SERVER_URL = os.environ.get(
-    "PROTOCOOP_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-COMMUNITY = "bench"
 BATCH = 1000
 RECONNECT_AT = {BATCH * n for n in (1, 5, 20, 100)}
+AS_OF_PROBES = 300
 
 
-def fresh_database(kind: str) -> tuple[str, Any]:
-    """(url, cleanup) of an empty, migrated database."""
-    if kind == "sqlite":
-        directory = tempfile.TemporaryDirectory(prefix="protocoop-bench-")
-        url = f"sqlite:///{directory.name}/bench.db"
-        migrate.upgrade(url)
-        return url, directory.cleanup
-    name = f"protocoop_bench_{secrets.token_hex(4)}"
-    admin = create_engine(SERVER_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
-    migrate.upgrade(url)
-
-    def drop() -> None:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return url, drop
-
-
-def load(db: Database, members: int, exchanges: int, seed: int = 7) -> float:
-    """Create the community and its members, then post `exchanges` in batches; returns seconds."""
+def create_members(db: Database, members: int) -> list[str]:
+    """The community and its members, inserted in bulk."""
     ids = [f"m{i:05d}" for i in range(members)]
 
     def setup(session: Any) -> None:
@@ -120,44 +101,52 @@ def load(db: Database, members: int, exchanges: int, seed: int = 7) -> float:
         )
 
     db.run_write(setup)
-    rng = random.Random(seed)
-    started = time.perf_counter()
-    for start in range(0, exchanges, BATCH):
-        drafts = []
-        for _ in range(min(BATCH, exchanges - start)):
-            provider, receiver = rng.sample(ids, 2)
-            drafts.append(Draft(provider, receiver, rng.randint(1, 10_000), "bench exchange"))
+    return ids
+
+
+def post_random(db: Database, ids: list[str], count: int, rng: random.Random, start: int) -> None:
+    """Post `count` random exchanges in batches of BATCH."""
+    for offset in range(0, count, BATCH):
+        drafts = [
+            Draft(*rng.sample(ids, 2), rng.randint(1, 10_000), "bench exchange")
+            for _ in range(min(BATCH, count - offset))
+        ]
         db.run_write(
             lambda session, drafts=drafts: post_exchanges(
                 session, COMMUNITY, drafts, created_by=None, batch=True
             )
         )
-        if start in RECONNECT_AT:
+        if start + offset in RECONNECT_AT:
             # PostgreSQL keeps a connection's foreign-key check plans from when the tables were
-            # empty; fresh connections plan them for the tables' real size (see README).
+            # nearly empty; fresh connections plan them for the tables' real size (README).
             db.engine.dispose()
-    return time.perf_counter() - started
 
 
-def analyze(db: Database) -> None:
-    with db.engine.connect() as connection:
-        connection.execution_options(isolation_level="AUTOCOMMIT")
-        connection.exec_driver_sql("ANALYZE")
-
-
-def time_report(db: Database, repeats: int = 3) -> tuple[float, Any]:
-    best = float("inf")
-    report = None
-    for _ in range(repeats):
+def time_as_of(db: Database, ids: list[str], rng: random.Random) -> float:
+    """Median milliseconds of an as-of balance read at a random position."""
+    with db.read() as session:
+        head = member_balance(session, COMMUNITY, ids[0]).as_of_seq
+    timings = []
+    for _ in range(AS_OF_PROBES):
+        member, seq = rng.choice(ids), rng.randint(1, head)
         started = time.perf_counter()
         with db.read() as session:
-            report = community_mutuality(session, COMMUNITY, None, None)
+            member_balance(session, COMMUNITY, member, as_of_seq=seq)
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings) * 1000
+
+
+def best_of(repeats: int, work: Any) -> tuple[float, Any]:
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = work()
         best = min(best, time.perf_counter() - started)
-    return best, report
+    return best, result
 
 
-def time_export(url: str, fmt: str) -> tuple[float, float, int]:
-    """(seconds, peak RSS in MB, bytes written) of `protocoop export` in a child process."""
+def time_export(url: str, fmt: str) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of `protocoop export` in a child process."""
     protocoop = Path(sys.executable).with_name("protocoop")
     env = {**os.environ, "PROTOCOOP_DATABASE_URL": url, "PROTOCOOP_AUTO_MIGRATE": "false"}
     with tempfile.NamedTemporaryFile(suffix=f".{fmt}") as output:
@@ -177,37 +166,94 @@ def time_export(url: str, fmt: str) -> tuple[float, float, int]:
             stderr=subprocess.DEVNULL,
         )
         _, status, usage = os.wait4(child.pid, 0)
-        elapsed = time.perf_counter() - started
         if status != 0:
             raise RuntimeError(f"export {fmt} failed with status {status}")
-        size = Path(output.name).stat().st_size
-    return elapsed, usage.ru_maxrss / 1024, size
+        return time.perf_counter() - started, usage.ru_maxrss / 1024
 
 
 def run(kind: str, members: int, exchanges: int) -> dict[str, Any]:
-    url, cleanup = fresh_database(kind)
-    db = Database(Settings(database_url=url, auto_migrate=False, _env_file=None))  # type: ignore[call-arg]
-    try:
-        load_seconds = load(db, members, exchanges)
-        analyze(db)
-        report_seconds, report = time_report(db)
-        journal = time_export(url, "ledger")
-        csv_export = time_export(url, "csv")
-        return {
-            "database": kind,
-            "members": members,
-            "exchanges": exchanges,
-            "load_per_s": exchanges / load_seconds,
-            "report_s": report_seconds,
-            "holds": report.holds if report else None,
-            "journal_s": journal[0],
-            "journal_rss_mb": journal[1],
-            "csv_s": csv_export[0],
-            "csv_rss_mb": csv_export[1],
-        }
-    finally:
-        db.dispose()
-        cleanup()
+    """Build and measure one database; returns the figures."""
+    with (
+        tempfile.TemporaryDirectory(prefix="protocoop-bench-") as workdir,
+        fresh_database(kind, Path(workdir), POSTGRES_URL) as url,
+    ):
+        migrate.upgrade(url)
+        db = Database(Settings(database_url=url, auto_migrate=False, _env_file=None))  # type: ignore[call-arg]
+        try:
+            rng = random.Random(7)
+            ids = create_members(db, members)
+            early = min(5_000, exchanges)
+            started = time.perf_counter()
+            post_random(db, ids, early, rng, 0)
+            analyze(url)
+            as_of_early = time_as_of(db, ids, rng)
+            post_random(db, ids, exchanges - early, rng, early)
+            load_seconds = time.perf_counter() - started
+            analyze(url)
+            as_of_late = time_as_of(db, ids, rng)
+
+            def report(since: Any = None) -> Any:
+                with db.read() as session:
+                    return community_mutuality(session, COMMUNITY, since, None)
+
+            report_seconds, whole = best_of(3, report)
+            day = utc_now() - timedelta(days=1)
+            window_seconds, _ = best_of(1, lambda: report(day))
+
+            def full_audit() -> Any:
+                with db.read() as session:
+                    return audit_community(session, COMMUNITY)
+
+            audit_seconds, audit = best_of(1, full_audit)
+            journal = time_export(url, "ledger")
+            csv_export = time_export(url, "csv")
+            return {
+                "database": kind,
+                "members": members,
+                "exchanges": exchanges,
+                "load_exchanges_per_s": exchanges / load_seconds,
+                "report_s": report_seconds,
+                "report_holds": whole.holds,
+                "report_one_day_window_s": window_seconds,
+                "full_audit_s": audit_seconds,
+                "full_audit_ok": audit.ok,
+                "export_ledger_s": journal[0],
+                "export_ledger_peak_rss_mb": journal[1],
+                "export_csv_s": csv_export[0],
+                "export_csv_peak_rss_mb": csv_export[1],
+                "as_of_balance_ms_at_10k_entries": as_of_early,
+                "as_of_balance_ms_at_end": as_of_late,
+                "entries_at_end": 2 * exchanges,
+            }
+        finally:
+            db.dispose()
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    for r in rows:
+        print(
+            f"\n{r['database']}: {r['members']} members, {r['exchanges']} exchanges "
+            f"(loaded at {r['load_exchanges_per_s']:.0f}/s through the batch path)"
+        )
+        print(
+            f"  mutuality report, whole history   {r['report_s']:8.3f} s  holds={r['report_holds']}"
+        )
+        print(f"  mutuality report, one-day window  {r['report_one_day_window_s']:8.3f} s")
+        print(
+            f"  full audit (re-hash everything)   {r['full_audit_s']:8.1f} s  ok={r['full_audit_ok']}"
+        )
+        print(
+            f"  export ledger journal             {r['export_ledger_s']:8.1f} s  "
+            f"peak RSS {r['export_ledger_peak_rss_mb']:.0f} MB"
+        )
+        print(
+            f"  export CSV                        {r['export_csv_s']:8.1f} s  "
+            f"peak RSS {r['export_csv_peak_rss_mb']:.0f} MB"
+        )
+        print(
+            f"  as-of balance (median)            {r['as_of_balance_ms_at_10k_entries']:8.2f} ms "
+            f"at 10k entries, {r['as_of_balance_ms_at_end']:.2f} ms at {r['entries_at_end']}"
+        )
 
 
 def main() -> None:
@@ -222,17 +268,7 @@ def main() -> None:
         exchanges = args.exchanges or (1_000_000 if kind == "postgresql" else 100_000)
         print(f"building {kind}: {args.members} members, {exchanges} exchanges...", flush=True)
         rows.append(run(kind, args.members, exchanges))
-    print()
-    print(
-        f"{'database':<11}{'exchanges':>10}{'load/s':>9}{'report s':>10}{'holds':>7}"
-        f"{'journal s':>11}{'RSS MB':>8}{'csv s':>8}{'RSS MB':>8}"
-    )
-    for r in rows:
-        print(
-            f"{r['database']:<11}{r['exchanges']:>10}{r['load_per_s']:>9.0f}{r['report_s']:>10.2f}"
-            f"{r['holds']!s:>7}{r['journal_s']:>11.1f}{r['journal_rss_mb']:>8.0f}"
-            f"{r['csv_s']:>8.1f}{r['csv_rss_mb']:>8.0f}"
-        )
+    print_rows(rows)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from protocoop import __version__
+from protocoop import __version__, openapi, security
 from protocoop.audit.router import router as audit_router
+from protocoop.audit_log.router import router as audit_log_router
 from protocoop.auth.cache import PrincipalCache
+from protocoop.auth.ratelimit import RateLimiter
 from protocoop.auth.router import router as api_keys_router
 from protocoop.balances.router import router as balances_router
 from protocoop.communities.router import router as communities_router
@@ -83,17 +85,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # No badge that sends the spec's address to swagger.io (the docs' CSP would block it).
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.settings = settings
     app.state.in_flight = InFlight()
     app.state.known_communities = set()
     app.state.principals = PrincipalCache(settings.auth_cache_s)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
     app.state.head_revisions = migrate.head_revisions()
 
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, log_requests=settings.access_log)
     app.add_middleware(RequestIdMiddleware)
+    security.install(app, settings)  # outermost: CORS and security headers on every answer
 
     for router in (
         ops_router,
@@ -105,6 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         mutuality_router,
         events_router,
         api_keys_router,
+        audit_log_router,
     ):
         app.include_router(router)
+    openapi.install(app)  # after the routers: documents every problem each route can answer
     return app

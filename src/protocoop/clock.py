@@ -10,4 +10,4 @@ def utc_now() -> datetime:
 
 def rfc3339(moment: datetime) -> str:
     """`2026-11-26T10:00:00.123456Z`: UTC, always with microseconds (the hash chain's form)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(default=10_000, ge=0)
     """PostgreSQL statement timeout; 0 disables it. A request never hangs past this."""
     db_connect_timeout_s: int = Field(default=5, ge=1)
+    """How long a request waits to connect to PostgreSQL, and for a free pooled connection (both
+    databases), before answering 503."""
     db_pool_recycle_s: int = Field(default=300, ge=1)
     """PostgreSQL connections are replaced after this many seconds."""
     db_retry_attempts: int = Field(default=5, ge=1)
@@ -49,12 +51,23 @@ class Settings(BaseSettings):
     """How often the server releases expired pending exchanges (0: only lazily, on access)."""
     idempotency_retention_hours: int = Field(default=48, ge=24)
     """Idempotency keys are remembered at least this long (the spec asks for >= 24 h)."""
+    cors_origins: str = ""
+    """Comma-separated origins browsers may call the API from (e.g. `https://app.example.org`);
+    empty: no CORS headers, so browsers refuse cross-origin calls."""
+    rate_limit_per_minute: int = Field(default=0, ge=0)
+    """Requests each API key may make per minute in this process (bursts up to that many);
+    0: no limit."""
 
     @model_validator(mode="after")
     def _default_auto_migrate(self) -> Settings:
         if self.auto_migrate is None:
             self.auto_migrate = self.is_sqlite
         return self
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """`cors_origins` as a list (empty when CORS is off)."""
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def is_sqlite(self) -> bool:

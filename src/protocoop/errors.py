@@ -116,6 +116,17 @@ class UnsupportedMediaType(ProblemError):
     status, code, title = 415, "unsupported_media_type", "The request body must be JSON"
 
 
+class RateLimited(ProblemError):
+    status, code, title = 429, "rate_limited", "Too many requests for this API key"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class Unavailable(ProblemError):
     status, code, title = 503, "unavailable", "Service temporarily unavailable"
 

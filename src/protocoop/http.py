@@ -28,6 +28,7 @@ from protocoop.errors import (
 )
 from protocoop.observability import request_id_var
 from protocoop.responses import render_problem
+from protocoop.security import SECURITY_HEADERS
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,9 @@ async def _on_database_error(_: Request, error: Exception) -> Response:
 
 async def _on_unexpected(_: Request, error: Exception) -> Response:
     log.exception("unexpected error", exc_info=error)
-    return _problem(InternalError("An unexpected error occurred; it has been logged."))
+    # Starlette sends this answer from outside every middleware: add the security headers here.
+    problem = render_problem(InternalError("An unexpected error occurred; it has been logged."))
+    return problem.to_response(**SECURITY_HEADERS)
 
 
 def install_error_handlers(app: FastAPI) -> None:

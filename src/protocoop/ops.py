@@ -37,7 +37,11 @@ def readyz(request: Request) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 def metrics() -> Response:
     """Prometheus text exposition: latencies, exchanges recorded and refused, batch and
     group-commit sizes, database connections in use."""

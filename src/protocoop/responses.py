@@ -68,18 +68,31 @@ _PROBLEM_STATUS_TEXT = {
     409: "Refused in the current state (see `code`)",
     413: "Request body over the size limit (`payload_too_large`)",
     422: "Invalid request (`validation_error`, `same_member`, `idempotency_key_reused`)",
-    429: "Too many requests",
+    429: "Too many requests for this API key (`rate_limited`); retry after `Retry-After` seconds",
     503: "Database unavailable; safe to retry with the same Idempotency-Key (`unavailable`)",
 }
 
 
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "integer"},
+    }
+}
+
+
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries for the problem documents a route may answer with."""
-    return {
-        status: {
+    """OpenAPI `responses` entries for the problem documents a route may answer with. A route
+    that authenticates (401) may also be rate limited (429)."""
+    if 401 in statuses and 429 not in statuses:
+        statuses = (*statuses, 429)
+    documented: dict[int | str, dict[str, Any]] = {}
+    for status in sorted(statuses):
+        documented[status] = {
             "description": _PROBLEM_STATUS_TEXT[status],
             "model": ProblemDocument,
             "content": {PROBLEM_CONTENT_TYPE: {}},
         }
-        for status in statuses
-    }
+        if status in (429, 503):
+            documented[status]["headers"] = _RETRY_AFTER
+    return documented

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from protocoop.auth import service
 from protocoop.auth.cache import PrincipalCache
+from protocoop.auth.ratelimit import RateLimiter
 from protocoop.auth.roles import ADMINS, MANAGERS, OVERSEERS, POSTERS, READERS, Principal, Role
 from protocoop.auth.tokens import token_hash
 from protocoop.db import Database
@@ -72,6 +73,8 @@ async def authenticate(
         if principal is None:
             raise Unauthorized("Unknown or revoked API key.")
         cache.put(digest, principal)
+    limiter: RateLimiter = request.app.state.rate_limiter
+    limiter.admit(principal.key_id)  # 429 rate_limited when the key's bucket is empty
     return principal
 
 

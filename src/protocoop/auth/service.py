@@ -5,12 +5,14 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from protocoop.audit_log.service import record, record_change
 from protocoop.auth import tokens
 from protocoop.auth.roles import Principal, Role
 from protocoop.auth.schemas import ApiKeyCreated, ApiKeyPublic
 from protocoop.clock import utc_now
-from protocoop.db.models import ApiKey, Community
+from protocoop.db.models import ApiKey
 from protocoop.errors import Forbidden, NotFound, ValidationFailed
+from protocoop.events.service import lock_head
 from protocoop.pagination import encode_cursor
 from protocoop.schemas import Page
 
@@ -38,7 +40,8 @@ def create_key(
     """Make a key; the token is in the answer and nowhere else.
 
     `created_by` None means the command line (trusted). A treasurer may only make app and auditor
-    keys of its own community.
+    keys of its own community. The creation is recorded in the community's audit log (an admin
+    key's in the instance log).
     """
     if created_by is not None and created_by.role is not Role.ADMIN:
         if role not in (Role.APP, Role.AUDITOR):
@@ -50,8 +53,8 @@ def create_key(
         raise ValidationFailed(
             [{"loc": ["body", "community"], "msg": "admin keys have no community; others need one"}]
         )
-    if community_id is not None and session.get(Community, community_id) is None:
-        raise NotFound(f"Community {community_id!r} not found.")
+    if community_id is not None:
+        lock_head(session, community_id)  # raises NotFound for a community that does not exist
     token = tokens.new_token()
     key = ApiKey(
         id=tokens.new_key_id(),
@@ -65,7 +68,17 @@ def create_key(
     )
     session.add(key)
     session.flush()
-    return ApiKeyCreated(**public(key).model_dump(), token=token)
+    created = public(key)
+    record(
+        session,
+        community_id,
+        by=created_by,
+        action="api_key.created",
+        target=key.id,
+        before=None,
+        after=created.model_dump(mode="json"),
+    )
+    return ApiKeyCreated(**created.model_dump(), token=token)
 
 
 def list_keys(
@@ -85,23 +98,42 @@ def list_keys(
 def revoke_key(session: Session, key_id: str, *, by: Principal | None) -> ApiKeyPublic:
     """Revoke a key: from the next request on it authenticates nothing. Revoking twice is a no-op.
 
-    A treasurer sees only its community's keys and may revoke only app and auditor keys.
+    A treasurer sees only its community's keys and may revoke only app and auditor keys. The
+    revocation is recorded in the key's community's audit log (an admin key's in the instance
+    log).
     """
-    key = session.get(ApiKey, key_id, with_for_update=True)
-    if key is None or not _may_see_key(by, key):
+    found = session.execute(
+        select(ApiKey.role, ApiKey.community_id).where(ApiKey.id == key_id)
+    ).first()
+    if found is None or not _may_see_key(by, found.community_id):
         raise NotFound(f"API key {key_id!r} not found.")
-    if by is not None and by.role is not Role.ADMIN and key.role not in (Role.APP, Role.AUDITOR):
+    if by is not None and by.role is not Role.ADMIN and found.role not in (Role.APP, Role.AUDITOR):
         raise Forbidden("A treasurer may only revoke app and auditor keys.")
+    if found.community_id is not None:
+        lock_head(session, found.community_id)  # the community's lock first, as everywhere
+    key = session.get(ApiKey, key_id, with_for_update=True)
+    assert key is not None  # keys are never deleted
+    before = public(key)
     if key.revoked_at is None:
         key.revoked_at = utc_now()
         session.flush()
-    return public(key)
+    after = public(key)
+    record_change(
+        session,
+        key.community_id,
+        by=by,
+        action="api_key.revoked",
+        target=key.id,
+        before=before.model_dump(mode="json"),
+        after=after.model_dump(mode="json"),
+    )
+    return after
 
 
-def _may_see_key(principal: Principal | None, key: ApiKey) -> bool:
+def _may_see_key(principal: Principal | None, key_community_id: str | None) -> bool:
     if principal is None or principal.role is Role.ADMIN:
         return True
-    return key.community_id is not None and key.community_id == principal.community_id
+    return key_community_id is not None and key_community_id == principal.community_id
 
 
 def authenticate(session: Session, token: str) -> Principal | None:

@@ -22,14 +22,14 @@ router = APIRouter(prefix="/v1/communities", tags=["communities"])
     responses=problem_responses(401, 403, 409, 422, 503),
 )
 def create_community(
-    spec: CommunityCreate, _: Admin, idempotency: IdempotencyDep, request: Request
+    spec: CommunityCreate, principal: Admin, idempotency: IdempotencyDep, request: Request
 ) -> Response:
     """Create a community (admin). Its `@commons` fund account is created with it."""
     return respond(
         request,
         GLOBAL_SCOPE,
         idempotency,
-        lambda session: render(201, service.create_community(session, spec)),
+        lambda session: render(201, service.create_community(session, spec, by=principal)),
     )
 
 

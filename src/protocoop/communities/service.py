@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from protocoop.audit_log.service import record, record_change
 from protocoop.auth.roles import Principal, Role
 from protocoop.clock import utc_now
 from protocoop.communities.schemas import (
@@ -70,8 +71,11 @@ def _apply_policy(community: Community, policy: PolicyUpdate) -> None:
         community.levy_paid_by = levy.paid_by if levy else None
 
 
-def create_community(session: Session, spec: CommunityCreate) -> CommunityPublic:
-    """A new community with an empty ledger and its `@commons` fund (which cannot go below 0)."""
+def create_community(
+    session: Session, spec: CommunityCreate, *, by: Principal | None = None
+) -> CommunityPublic:
+    """A new community with an empty ledger and its `@commons` fund (which cannot go below 0),
+    made by `by` (None: the command line); the creation is the first entry of its audit log."""
     if session.get(Community, spec.id) is not None:
         raise AlreadyExists(f"Community {spec.id!r} already exists.")
     now = utc_now()
@@ -112,7 +116,17 @@ def create_community(session: Session, spec: CommunityCreate) -> CommunityPublic
         )
     )
     session.flush()
-    return public(community)
+    created = public(community)
+    record(
+        session,
+        spec.id,
+        by=by,
+        action="community.created",
+        target=spec.id,
+        before=None,
+        after=created.model_dump(mode="json"),
+    )
+    return created
 
 
 def get_community(session: Session, community_id: str, *, lock: bool = False) -> Community:
@@ -147,6 +161,7 @@ def update_community(
     for required in ("name", "default_lower_limit", "status", "policy"):
         if required in fields and getattr(changes, required) is None:
             raise ValidationFailed([{"loc": ["body", required], "msg": "may not be null"}])
+    before = public(community).model_dump(mode="json")
     for field in ("name", "default_lower_limit", "default_upper_limit", "status"):
         if field in fields:
             setattr(community, field, getattr(changes, field))
@@ -155,5 +170,15 @@ def update_community(
     community.updated_at = utc_now()
     session.flush()
     updated = public(community)
-    emit(session, community_id, NewEvent("community.updated", updated.model_dump(mode="json")))
+    after = updated.model_dump(mode="json")
+    emit(session, community_id, NewEvent("community.updated", after))
+    record_change(
+        session,
+        community_id,
+        by=by,
+        action="community.updated",
+        target=community_id,
+        before=before,
+        after=after,
+    )
     return updated

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, insert, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Table, any_, bindparam, insert, select, text, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import TypeEngine
@@ -103,3 +103,46 @@ def update_rows(
         f"FROM unnest({unnest}) AS v({', '.join(columns)}) WHERE {where}"
     )
     connection.execute(text(statement), arrays)
+
+
+def among(column: Any, values: Sequence[Any], dialect_name: str) -> Any:
+    """`column IN (values)`; on PostgreSQL `column = ANY(:array)`, one parameter however many
+    values (an IN list costs a placeholder per value to send and to parse)."""
+    if dialect_name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(list(values))
+
+
+def rows_matching_pairs(
+    connection: Connection,
+    table: Table,
+    community_id: str,
+    columns: tuple[str, str],
+    pairs: Sequence[tuple[str, str]],
+) -> list[Any]:
+    """The community's rows of `table` whose `columns` equal one of `pairs`."""
+    first, second = columns
+    if connection.dialect.name == "postgresql":
+        statement = (
+            f"SELECT t.* FROM {table.name} AS t "  # noqa: S608 (names from our models)
+            f"JOIN unnest(CAST(:firsts AS text[]), CAST(:seconds AS text[])) AS v(x, y) "
+            f"ON t.{first} = v.x AND t.{second} = v.y WHERE t.community_id = :community"
+        )
+        return list(
+            connection.execute(
+                text(statement),
+                {
+                    "firsts": [pair[0] for pair in pairs],
+                    "seconds": [pair[1] for pair in pairs],
+                    "community": community_id,
+                },
+            )
+        )
+    return list(
+        connection.execute(
+            select(table).where(
+                table.c.community_id == community_id,
+                tuple_(table.c[first], table.c[second]).in_(list(pairs)),
+            )
+        )
+    )

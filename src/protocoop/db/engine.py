@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -51,6 +52,8 @@ def make_engine(settings: Settings, *, pooled: bool = True) -> Engine:
         if pooled:
             kwargs["pool_size"] = settings.db_pool_size
             kwargs["max_overflow"] = 2 * settings.db_pool_size
+            # as on PostgreSQL: a request waits this long for a free connection, then 503
+            kwargs["pool_timeout"] = settings.db_connect_timeout_s
         engine = create_engine(url, **kwargs)
         _configure_sqlite(engine, settings)
         return engine
@@ -115,11 +118,30 @@ def is_retryable(error: DBAPIError) -> bool:
     return getattr(error.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES
 
 
-def as_unavailable(error: DBAPIError) -> Exception:
+def as_unavailable(error: DBAPIError | PoolTimeout) -> Exception:
     """The error to show a client for a database failure that is not its fault."""
     if isinstance(error, IntegrityError):
         return error
+    reason = error.orig if isinstance(error, DBAPIError) else error
+    log.warning("database unavailable: %s", _first_line(reason))
     return Unavailable(detail="The database is unavailable; retry with the same Idempotency-Key.")
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether `error` says the database failed rather than the request: it could not be reached
+    or lost the connection, a lock or statement timed out, no connection was free in time, or
+    SQLite stayed busy. Running the same work again at once would fail the same way."""
+    if isinstance(error, Unavailable):
+        cause = error.__cause__
+        return cause is None or is_outage(cause)
+    if isinstance(error, DBAPIError):
+        return isinstance(error, OperationalError) or error.connection_invalidated
+    return isinstance(error, PoolTimeout)
+
+
+def _first_line(error: BaseException | None) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 class Database:
@@ -143,7 +165,7 @@ class Database:
         try:
             with self._reader() as session, session.begin():
                 yield session
-        except DBAPIError as error:
+        except (DBAPIError, PoolTimeout) as error:
             raise as_unavailable(error) from error
 
     @contextmanager
@@ -163,6 +185,8 @@ class Database:
         except DBAPIError as error:
             if is_retryable(error) or isinstance(error, IntegrityError):
                 raise
+            raise as_unavailable(error) from error
+        except PoolTimeout as error:  # every connection busy for `pool_timeout`: not a 500
             raise as_unavailable(error) from error
         finally:
             if self._sqlite_writer is not None:

@@ -10,10 +10,11 @@ created_at, entries}`, where `created_at` is RFC 3339 UTC with microseconds and 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+
+import orjson
 
 from protocoop.clock import rfc3339
 
@@ -66,9 +67,9 @@ def canonical_bytes(exchange: ChainedExchange) -> bytes:
             for e in sorted(exchange.entries, key=lambda e: e.account)
         ],
     }
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8"
-    )
+    # Byte for byte what json.dumps(document, sort_keys=True, separators=(",", ":"),
+    # ensure_ascii=False).encode() gives (a test checks it), only faster.
+    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
 
 
 def chain_hash(prev_hash: str, exchange: ChainedExchange) -> str:

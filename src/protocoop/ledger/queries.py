@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Row, Select, and_, select
 from sqlalchemy.orm import Session
 
-from protocoop.clock import utc_now
+from protocoop.clock import rfc3339, utc_now
 from protocoop.db.models import Entry, Exchange, PendingExchange
 from protocoop.errors import NotFound
 from protocoop.ledger.schemas import EntryPublic, ExchangePublic, LevyPublic
@@ -31,6 +31,43 @@ PROPOSAL_STATUSES = ("pending", "rejected", "cancelled", "expired")
 
 def _levy(amount: int | None, paid_by: str | None) -> LevyPublic | None:
     return LevyPublic(amount=amount, paid_by=paid_by) if amount else None
+
+
+def document(posted: PostedExchange) -> dict[str, Any]:
+    """The API document of an exchange as just recorded or settled, as plain JSON values: the
+    same as `public(posted).model_dump(mode="json")` (a test checks it), built without pydantic
+    because posting builds one for every exchange (its answer and its event)."""
+    return {
+        "id": posted.id,
+        "seq": posted.seq,
+        "community": posted.community,
+        "provider": posted.provider,
+        "receiver": posted.receiver,
+        "amount": posted.amount,
+        "description": posted.description,
+        "category": posted.category,
+        "external_id": posted.external_id,
+        "occurred_at": rfc3339(posted.occurred_at),
+        "created_at": rfc3339(posted.created_at),
+        "status": posted.status,
+        "reverses": posted.reverses,
+        "reversed_by": posted.reversed_by,
+        "metadata": posted.metadata,
+        "levy": (
+            {"amount": posted.levy_amount, "paid_by": posted.levy_paid_by}
+            if posted.levy_amount
+            else None
+        ),
+        "entries": [
+            {"account": e.account, "amount": e.amount, "balance_after": e.balance_after}
+            for e in posted.entries
+        ],
+        "prev_hash": posted.prev_hash,
+        "hash": posted.hash,
+        "initiated_by": posted.initiated_by,
+        "expires_at": rfc3339(posted.expires_at) if posted.expires_at else None,
+        "resolved_at": rfc3339(posted.resolved_at) if posted.resolved_at else None,
+    }
 
 
 def public(posted: PostedExchange) -> ExchangePublic:

@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session
 
+from protocoop.audit_log.service import record_reversal
 from protocoop.auth.deps import DatabaseDep, Manager, Poster, Reader, revalidates_key
 from protocoop.auth.roles import Principal, Role
 from protocoop.errors import Forbidden, ValidationFailed
@@ -117,7 +118,7 @@ async def post_exchange(
         principal,
         idempotency,
         [draft(spec)],
-        lambda posted: render(201, queries.public(posted[0])),
+        lambda posted: render(201, queries.document(posted[0])),
         batch=False,
     )
 
@@ -140,7 +141,7 @@ async def post_batch(
         principal,
         idempotency,
         [draft(spec) for spec in batch.exchanges],
-        lambda posted: render(201, BatchPublic(exchanges=[queries.public(p) for p in posted])),
+        lambda posted: render(201, {"exchanges": [queries.document(p) for p in posted]}),
         batch=True,
     )
 
@@ -166,6 +167,14 @@ def reverse_exchange(
 
     def work(session: Session) -> Rendered:
         posted = post_exchanges(session, community_id, [reversal], created_by=principal.key_id)
+        record_reversal(
+            session,
+            community_id,
+            by=principal,
+            exchange_id=exchange_id,
+            reversal_id=posted[0].id,
+            reason=spec.reason,
+        )
         return render(201, queries.public(posted[0]))
 
     return respond(request, community_id, idempotency, work)

@@ -30,11 +30,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import Table, select, tuple_, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.orm import Session
 
 from protocoop.clock import utc_now
-from protocoop.db.bulk import insert_rows, update_rows
+from protocoop.db.bulk import among, insert_rows, rows_matching_pairs, update_rows
 from protocoop.db.models import (
     Account,
     Community,
@@ -247,6 +247,7 @@ class LockedLedger:
     def __init__(self, session: Session, community_id: str) -> None:
         self.session = session
         self.community_id = community_id
+        self.dialect = session.get_bind().dialect.name
         head = session.execute(
             select(
                 _heads.c.last_seq,
@@ -348,13 +349,16 @@ class LockedLedger:
         if action == "accept":
             self._require_active_community()
         postings = _levy_postings(row.provider, row.receiver, row.amount, _row_levy(row))
-        self._load_accounts(account for account, _ in postings)
+        # Both parties, even one left without an entry (a levy that takes the whole amount):
+        # both must be active, and both are counted in the mutuality figures.
+        parties = list(dict.fromkeys([row.receiver, row.provider, *(a for a, _ in postings)]))
+        self._load_accounts(parties)
         if self._resolved.get(row.id) == "expired" or self._expire_if_due(row, postings):
             return InvalidState("The exchange has expired.", current_status="expired")
         if action != "accept":
             self._release(row, postings)
             return self._resolve(row, "rejected" if action == "reject" else "cancelled")
-        for account_id, _ in postings:
+        for account_id in parties:
             account = self._accounts[account_id]
             if account.status is not None and account.status != "active":
                 raise MemberInactive(
@@ -417,7 +421,10 @@ class LockedLedger:
         for draft in drafts:
             if draft.reverses:
                 if draft.reverses in originals:
-                    parties.update(account for account, _ in originals[draft.reverses]["entries"])
+                    original = originals[draft.reverses]
+                    # Both parties, even one without an entry (a levy took the whole amount).
+                    parties.update((original["provider"], original["receiver"]))
+                    parties.update(account for account, _ in original["entries"])
             else:
                 parties.update((draft.provider, draft.receiver))
                 if self.levy is not None:
@@ -568,7 +575,10 @@ class LockedLedger:
                 _accounts.c.reserved_debit,
                 _accounts.c.reserved_credit,
             )
-            .where(_accounts.c.community_id == self.community_id, _accounts.c.id.in_(missing))
+            .where(
+                _accounts.c.community_id == self.community_id,
+                among(_accounts.c.id, missing, self.dialect),
+            )
             .order_by(_accounts.c.id)
             .with_for_update()
         ).all()
@@ -576,7 +586,8 @@ class LockedLedger:
         statuses = dict(
             self.session.execute(
                 select(Member.id, Member.status).where(
-                    Member.community_id == self.community_id, Member.id.in_(missing)
+                    Member.community_id == self.community_id,
+                    among(Member.id, missing, self.dialect),
                 )
             ).all()
         )
@@ -662,13 +673,8 @@ class LockedLedger:
             return
         found = {
             (row.a, row.b): row
-            for row in self.session.execute(
-                select(
-                    _pairs.c.a, _pairs.c.b, _pairs.c.a_to_b, _pairs.c.b_to_a, _pairs.c.exchanges
-                ).where(
-                    _pairs.c.community_id == self.community_id,
-                    tuple_(_pairs.c.a, _pairs.c.b).in_(missing),
-                )
+            for row in rows_matching_pairs(
+                self.session.connection(), _pairs, self.community_id, ("a", "b"), missing
             )
         }
         for pair in missing:
@@ -1032,9 +1038,9 @@ def _pending_document(community_id: str, row: dict[str, Any]) -> PostedExchange:
 
 def exchange_document(exchange: PostedExchange) -> dict[str, Any]:
     """The exchange as its API document, in JSON form (for events)."""
-    from protocoop.ledger.queries import public
+    from protocoop.ledger.queries import document
 
-    return public(exchange).model_dump(mode="json")
+    return document(exchange)
 
 
 def post_exchanges(

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from protocoop.clock import utc_now
 from protocoop.db import Database
 from protocoop.db.bulk import insert_rows
+from protocoop.db.engine import is_outage
 from protocoop.db.models import ApiKey, IdempotencyRecord
 from protocoop.errors import (
     IdempotencyKeyReused,
@@ -149,8 +150,10 @@ class GroupCommitWriter:
                     partial(record_group, community_id=community_id, requests=requests)
                 )
             except Exception as error:
-                if len(requests) == 1:
-                    answers = [_failure(error)]
+                if len(requests) == 1 or is_outage(error):
+                    # The database failed, not one request: trying each request alone would
+                    # make every one wait for the same timeout in turn. All may retry.
+                    answers = [_failure(error)] * len(requests)
                 else:
                     answers = [self._record_alone(community_id, request) for request in requests]
             for request, answer in zip(requests, answers, strict=True):

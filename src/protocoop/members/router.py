@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v1/communities/{community_id}/members", tags=["membe
 def create_member(
     community_id: str,
     spec: MemberCreate,
-    _: Manager,
+    principal: Manager,
     idempotency: IdempotencyDep,
     request: Request,
 ) -> Response:
@@ -35,7 +35,9 @@ def create_member(
         request,
         community_id,
         idempotency,
-        lambda session: render(201, service.create_member(session, community_id, spec)),
+        lambda session: render(
+            201, service.create_member(session, community_id, spec, by=principal)
+        ),
     )
 
 
@@ -74,9 +76,15 @@ def get_member(
     responses=problem_responses(401, 403, 404, 409, 422, 503),
 )
 def update_member(
-    community_id: str, member_id: MemberPath, changes: MemberUpdate, _: Manager, db: DatabaseDep
+    community_id: str,
+    member_id: MemberPath,
+    changes: MemberUpdate,
+    principal: Manager,
+    db: DatabaseDep,
 ) -> MemberPublic:
     """Change name, status or limits (treasurer). Limits must keep the balance inside."""
     return db.run_write(
-        lambda session: service.update_member(session, community_id, member_id, changes)
+        lambda session: service.update_member(
+            session, community_id, member_id, changes, by=principal
+        )
     )

@@ -13,6 +13,8 @@ from sqlalchemy import Row, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from protocoop.audit_log.service import record, record_change
+from protocoop.auth.roles import Principal
 from protocoop.clock import utc_now
 from protocoop.communities.service import get_community
 from protocoop.db.models import Account, Member, PendingExchange
@@ -65,8 +67,11 @@ def _member_query(community_id: str) -> Any:
     )
 
 
-def create_member(session: Session, community_id: str, spec: MemberCreate) -> MemberPublic:
-    """A new member with balance 0; limits not given come from the community's defaults."""
+def create_member(
+    session: Session, community_id: str, spec: MemberCreate, *, by: Principal | None = None
+) -> MemberPublic:
+    """A new member with balance 0; limits not given come from the community's defaults.
+    `by` made the change (None: the command line)."""
     community = get_community(session, community_id)
     lock_head(session, community_id)
     if session.get(Account, (community_id, spec.id)) is not None:
@@ -105,7 +110,17 @@ def create_member(session: Session, community_id: str, spec: MemberCreate) -> Me
     )
     session.flush()
     created = get_member(session, community_id, spec.id)
-    emit(session, community_id, NewEvent("member.created", created.model_dump(mode="json")))
+    document = created.model_dump(mode="json")
+    emit(session, community_id, NewEvent("member.created", document))
+    record(
+        session,
+        community_id,
+        by=by,
+        action="member.created",
+        target=spec.id,
+        before=None,
+        after=document,
+    )
     return created
 
 
@@ -131,10 +146,15 @@ def list_members(
 
 
 def update_member(
-    session: Session, community_id: str, member_id: str, changes: MemberUpdate
+    session: Session,
+    community_id: str,
+    member_id: str,
+    changes: MemberUpdate,
+    *,
+    by: Principal | None = None,
 ) -> MemberPublic:
     """Apply a PATCH under the ledger head's and the account's row locks, so no exchange slips
-    in between the check and the change."""
+    in between the check and the change. `by` made the change (None: the command line)."""
     lock_head(session, community_id)
     if changes.status == "closed":
         expire_due_for(session, community_id, member_id)
@@ -148,6 +168,7 @@ def update_member(
             raise ValidationFailed([{"loc": ["body", required], "msg": "may not be null"}])
     if member.status == "closed" and fields:
         raise InvalidState("A closed member cannot be changed.", current_status="closed")
+    before = get_member(session, community_id, member_id).model_dump(mode="json")
 
     if "lower_limit" in fields or "upper_limit" in fields:
         lower = changes.lower_limit if "lower_limit" in fields else account.lower_limit
@@ -199,5 +220,15 @@ def update_member(
     member.updated_at = utc_now()
     session.flush()
     updated = get_member(session, community_id, member_id)
-    emit(session, community_id, NewEvent("member.updated", updated.model_dump(mode="json")))
+    after = updated.model_dump(mode="json")
+    emit(session, community_id, NewEvent("member.updated", after))
+    record_change(
+        session,
+        community_id,
+        by=by,
+        action="member.updated",
+        target=member_id,
+        before=before,
+        after=after,
+    )
     return updated
