@@ -31,5 +31,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+## make bench: the benchmark suite (needs wrk and pgbench; about 10-15 minutes; never in CI)
+bench: $(STAMP)
+	$(BIN)/python -m bench.suite $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -51,7 +51,7 @@ def docs_content_security_policy(inline_script_hashes: list[str]) -> str:
             # Swagger UI and ReDoc set styles inline; styles cannot run code.
             f"style-src {DOCS_CDN} https://fonts.googleapis.com 'unsafe-inline'",
             "font-src https://fonts.gstatic.com",
-            "img-src 'self' data: https://fastapi.tiangolo.com",
+            "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly",
             "connect-src 'self'",
             "worker-src blob:",  # ReDoc's search runs in a worker made from a blob
             "frame-ancestors 'none'",
