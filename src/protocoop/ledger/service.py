@@ -338,6 +338,17 @@ class LockedLedger:
         )
         return [self._apply(plan, created_by) for plan in plans]
 
+    def prefetch(self, drafts: Iterable[Draft]) -> None:
+        """Lock and read, in one query each, what many upcoming `post` calls will need (their
+        accounts and pair flows), instead of a query per call. Changes nothing visible."""
+        drafts = [draft for draft in drafts if draft.reverses is None]
+        self._load_accounts(self._parties(drafts, {}))
+        self._load_pairs(
+            tuple(sorted((draft.provider, draft.receiver)))  # type: ignore[misc]
+            for draft in drafts
+            if not draft.pending and draft.provider != draft.receiver
+        )
+
     def settle(self, exchange_id: str, action: Settlement) -> PostedExchange | InvalidState:
         """Accept (record it), reject or cancel (release it) a pending exchange. From any other
         status the answer is `409 invalid_state` with the `current_status` — returned, not

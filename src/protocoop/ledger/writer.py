@@ -209,6 +209,7 @@ def record_group(
                 )
             )
         }
+    ledger.prefetch(draft for request in requests for draft in request.drafts)
     answers: list[Rendered] = []
     remembered: list[dict[str, Any]] = []
     now = utc_now()
