@@ -9,7 +9,6 @@ instead moves the service's clock forward (monkeypatching `utc_now` where the le
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,7 +27,6 @@ from tests.ledger_helpers import (
     audit,
     balance,
     balances,
-    post,
     posted,
     problem,
 )
@@ -36,8 +34,8 @@ from tests.workflow_helpers import (
     all_events,
     get_exchange,
     make_overdue,
-    propose,
     proposals,
+    propose,
     proposed,
     reserved,
     settle,
@@ -55,7 +53,8 @@ def assert_expired_and_released(api: Api, db: Database, proposal: dict[str, Any]
     shown = get_exchange(api, proposal["id"])
     assert shown["status"] == "expired"
     assert shown["resolved_at"] is not None
-    assert shown["seq"] is None and shown["entries"] == []
+    assert shown["seq"] is None
+    assert shown["entries"] == []
     assert reserved(api, proposal["receiver"]) == (0, 0)
     assert reserved(api, proposal["provider"]) == (0, 0)
     assert proposal["id"] in [x["id"] for x in proposals(api, "expired")]
@@ -208,7 +207,7 @@ def test_server_sweeps_overdue_proposals_without_anyone_reading_them(
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[timedelta]]:
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[timedelta]:
     """The service's clock, as seen by the ledger: `clock[0]` is how far ahead of real time it
     runs."""
     offset = [timedelta(0)]
@@ -218,7 +217,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[timedelta]]:
 
     for module in ("service", "queries", "expiry"):
         monkeypatch.setattr(f"protocoop.ledger.{module}.utc_now", shifted)
-    yield offset
+    return offset
 
 
 def test_proposal_expires_exactly_when_its_expires_in_has_passed(

@@ -13,8 +13,8 @@ from tests.conftest import Api
 from tests.foundation_helpers import validation_problem
 from tests.ledger_helpers import (
     BATCH,
-    C,
     GENESIS,
+    C,
     all_exchanges,
     audit,
     balance,
@@ -76,8 +76,9 @@ def test_treasurer_sets_and_removes_the_levy(api: Api, keys: dict[str, str]) -> 
     later = posted(api, "alice", "bob", 10)
     assert later["levy"] is None
     assert entries(later) == {"bob": -10, "alice": 10}
-    updates = [e["data"]["policy"]["levy"] for e in all_events(api)
-               if e["type"] == "community.updated"]
+    updates = [
+        e["data"]["policy"]["levy"] for e in all_events(api) if e["type"] == "community.updated"
+    ]
     assert updates == [levy, None]
 
 
@@ -100,11 +101,9 @@ def test_other_policy_changes_keep_the_levy(api: Api, community: dict) -> None:
     assert response.json()["policy"]["levy"] == levy
 
 
-@pytest.mark.parametrize("role", ["app", "auditor"])
-def test_app_and_auditor_may_not_change_the_levy(
-    api: Api, keys: dict[str, str], role: str
-) -> None:
-    problem(set_levy(api.as_(keys[role]), {"rate_ppm": 50_000}), 403, "forbidden")
+def test_app_and_auditor_may_not_change_the_levy(api: Api, keys: dict[str, str]) -> None:
+    for role in ("app", "auditor"):
+        problem(set_levy(api.as_(keys[role]), {"rate_ppm": 50_000}), 403, "forbidden")
 
     assert api.get(C).json()["policy"]["levy"] is None
 
@@ -219,13 +218,15 @@ def test_no_levy_when_a_party_is_a_system_account(api: Api, keys: dict[str, str]
     treasurer = api.as_(keys["treasurer"])
     levied(api, FIVE_PERCENT, minimum=1)
 
-    grant = posted(treasurer, "@commons", "alice", 20, description="grant")
-    dues = posted(treasurer, "bob", "@commons", 20, description="dues")
+    # The fund gives alice something (she owes it 20), then pays bob 20 for a service.
+    to_alice = posted(treasurer, "@commons", "alice", 20, description="tools lent to alice")
+    from_bob = posted(treasurer, "bob", "@commons", 20, description="bob fixed the roof")
 
-    assert grant["levy"] is None and dues["levy"] is None
-    assert entries(grant) == {"alice": 20, "@commons": -20}
-    assert entries(dues) == {"bob": 20, "@commons": -20}
-    assert balances(api)["@commons"] == 0
+    assert to_alice["levy"] is None
+    assert from_bob["levy"] is None
+    assert entries(to_alice) == {"alice": -20, "@commons": 20}
+    assert entries(from_bob) == {"bob": 20, "@commons": -20}
+    assert balances(api) == {"@commons": 0, "alice": -20, "bob": 20, "carol": 0}
 
 
 def test_levy_counts_against_the_payers_limit(api: Api, community: dict) -> None:
@@ -245,7 +246,9 @@ def test_levy_entry_is_covered_by_the_hash_chain(api: Api, roomy: None) -> None:
     levied(api, FIVE_PERCENT, paid_by="provider")
     posted(api, "alice", "bob", 1000)
     levied(api, 20_000, paid_by="receiver")
-    api.post(BATCH, json={"exchanges": [exchange("bob", "carol", 500), exchange("carol", "alice", 7)]})
+    api.post(
+        BATCH, json={"exchanges": [exchange("bob", "carol", 500), exchange("carol", "alice", 7)]}
+    )
 
     documents = all_exchanges(api)
 
@@ -312,8 +315,9 @@ def test_reversal_that_would_overdraw_the_fund_is_refused(
     treasurer = api.as_(keys["treasurer"])
     levied(api, FIVE_PERCENT)
     original = posted(api, "alice", "bob", 1000)
-    posted(treasurer, "@commons", "carol", 30, description="the fund pays carol")
+    posted(treasurer, "carol", "@commons", 30, description="the fund pays carol")
 
+    # Taking back the levy of 50 would leave the fund at -30, below its lower limit of 0.
     body = problem(reverse(treasurer, original["id"]), 409, "limit_exceeded")
 
     assert body["member"] == "@commons"
@@ -379,3 +383,49 @@ def test_levied_proposal_that_does_not_fit_with_its_levy_is_refused(
     assert body["member"] == "bob"
     assert reserved(api, "bob") == (0, 0)
     assert reserved(api, "@commons") == (0, 0)
+
+
+@pytest.mark.parametrize(("rate_ppm", "minimum"), [(1_000_000, 0), (50_000, 10)])
+def test_proposal_whose_levy_takes_the_whole_amount_is_accepted(
+    api: Api, community: dict, rate_ppm: int, minimum: int
+) -> None:
+    levied(api, rate_ppm, minimum, paid_by="provider")
+    proposal = proposed(api, "alice", "bob", 5)
+    assert reserved(api, "alice") == (0, 0)  # the provider keeps nothing, so reserves nothing
+
+    accepted = settled(api, proposal["id"], "accept")
+
+    assert accepted["levy"] == {"amount": 5, "paid_by": "provider"}
+    assert entries(accepted) == {"bob": -5, "@commons": 5}
+    assert balances(api) == {"@commons": 5, "alice": 0, "bob": -5, "carol": 0}
+    assert reserved(api, "bob") == (0, 0)
+    assert reserved(api, "@commons") == (0, 0)
+    assert audit(api)["ok"] is True
+
+
+def test_proposal_whose_levy_takes_the_whole_amount_waits_for_a_suspended_provider(
+    api: Api, community: dict
+) -> None:
+    levied(api, 1_000_000, paid_by="provider")
+    proposal = proposed(api, "alice", "bob", 5)
+    set_member(api, "alice", status="suspended")
+
+    problem(api.post(f"{C}/exchanges/{proposal['id']}/accept"), 409, "member_inactive")
+
+    assert balances(api) == {"@commons": 0, "alice": 0, "bob": 0, "carol": 0}
+    assert reserved(api, "bob") == (5, 0)
+
+
+def test_reversal_of_an_exchange_whose_levy_took_the_whole_amount(
+    api: Api, keys: dict[str, str]
+) -> None:
+    levied(api, 1_000_000, paid_by="provider")
+    original = posted(api, "alice", "bob", 5)
+    assert entries(original) == {"bob": -5, "@commons": 5}
+
+    response = reverse(api.as_(keys["treasurer"]), original["id"])
+
+    assert response.status_code == 201, response.text
+    assert entries(response.json()) == {"bob": 5, "@commons": -5}
+    assert balances(api) == {"@commons": 0, "alice": 0, "bob": 0, "carol": 0}
+    assert audit(api)["ok"] is True

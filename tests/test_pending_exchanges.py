@@ -11,10 +11,10 @@ import pytest
 
 from protocoop.db import Database
 from tests.conftest import Api
-from tests.foundation_helpers import validation_problem
+from tests.foundation_helpers import validation_problem, walk_pages
 from tests.ledger_helpers import (
-    C,
     EXCHANGES,
+    C,
     all_exchanges,
     audit,
     balance,
@@ -31,8 +31,8 @@ from tests.workflow_helpers import (
     SEVEN_DAYS,
     get_exchange,
     make_overdue,
-    propose,
     proposals,
+    propose,
     proposed,
     reserved,
     settle,
@@ -60,7 +60,8 @@ def test_proposal_is_pending_reserves_its_amount_and_changes_no_balance(
     assert proposal["status"] == "pending"
     assert proposal["seq"] is None
     assert proposal["entries"] == []
-    assert proposal["hash"] is None and proposal["prev_hash"] is None
+    assert proposal["hash"] is None
+    assert proposal["prev_hash"] is None
     assert proposal["initiated_by"] == "provider"
     assert proposal["resolved_at"] is None
     lifetime = moment(proposal["expires_at"]) - moment(proposal["created_at"])
@@ -238,7 +239,8 @@ def test_reject_and_cancel_release_the_reservation_and_record_nothing(
 
     assert answer["id"] == proposal["id"]
     assert answer["status"] == status
-    assert answer["seq"] is None and answer["entries"] == []
+    assert answer["seq"] is None
+    assert answer["entries"] == []
     assert answer["resolved_at"] is not None
     assert balances(api) == {"@commons": 0, "alice": 0, "bob": 0, "carol": 0}
     assert all_exchanges(api) == []
@@ -351,7 +353,9 @@ def test_member_with_a_pending_exchange_cannot_be_closed_until_it_is_settled(
 ) -> None:
     proposal = proposed(api, "alice", "bob", 30)
 
-    body = problem(api.patch(f"{C}/members/{member}", json={"status": "closed"}), 409, "invalid_state")
+    body = problem(
+        api.patch(f"{C}/members/{member}", json={"status": "closed"}), 409, "invalid_state"
+    )
 
     assert body["current_status"] == "active"
     assert api.get(f"{C}/members/{member}").json()["status"] == "active"
@@ -448,3 +452,87 @@ def test_external_id_of_a_proposal_guards_against_posting_it_twice(
 
     assert again["exchange_id"] == direct["exchange_id"] == proposal["id"]
     assert reserved(api, "bob") == (30, 0)
+
+
+# --- lists and batches -------------------------------------------------------------------------
+
+
+def test_proposals_are_listed_in_creation_order_page_by_page_and_by_member(
+    api: Api, community: dict
+) -> None:
+    made = [
+        proposed(api, p, r, n + 1)
+        for n, (p, r) in enumerate(
+            [
+                ("alice", "bob"),
+                ("bob", "carol"),
+                ("carol", "alice"),
+                ("alice", "carol"),
+                ("bob", "alice"),
+            ]
+        )
+    ]
+
+    pages = walk_pages(api, EXCHANGES, 2, status="pending")
+
+    assert pages == [
+        [made[0]["id"], made[1]["id"]],
+        [made[2]["id"], made[3]["id"]],
+        [made[4]["id"]],
+    ]
+    carol = [x["id"] for x in proposals(api, member="carol")]
+    assert carol == [made[1]["id"], made[2]["id"], made[3]["id"]]
+    settled(api, made[1]["id"], "reject")
+    assert [x["id"] for x in proposals(api, "rejected", member="carol")] == [made[1]["id"]]
+    assert [x["id"] for x in proposals(api, member="carol")] == [made[2]["id"], made[3]["id"]]
+
+
+def test_batch_of_proposals_is_checked_against_the_reservations_it_makes(
+    api: Api, community: dict
+) -> None:
+    items = [
+        exchange("alice", "bob", 60, pending=True),
+        exchange("carol", "bob", 30),
+        exchange("carol", "bob", 20, pending=True),
+    ]
+
+    body = problem(api.post(f"{EXCHANGES}:batch", json={"exchanges": items}), 409, "limit_exceeded")
+
+    assert body["index"] == 2  # 60 reserved + 30 spent + 20 more is past bob's -100
+    assert proposals(api) == []
+    assert reserved(api, "bob") == (0, 0)
+    assert all_exchanges(api) == []
+
+    recorded = api.post(f"{EXCHANGES}:batch", json={"exchanges": items[:2]})
+    assert recorded.status_code == 201, recorded.text
+    assert [x["status"] for x in recorded.json()["exchanges"]] == ["pending", "completed"]
+    assert reserved(api, "bob") == (60, 0)
+    assert balance(api, "bob")["available_to_spend"] == 10
+
+
+def test_limit_change_must_leave_room_for_what_is_reserved(api: Api, community: dict) -> None:
+    proposed(api, "alice", "bob", 60)
+
+    body = problem(
+        api.patch(f"{C}/members/bob", json={"lower_limit": -59}), 409, "limit_below_balance"
+    )
+
+    assert body["member"] == "bob"
+    assert balance(api, "bob")["lower_limit"] == -100
+    assert set_member(api, "bob", lower_limit=-60)["lower_limit"] == -60
+    assert balance(api, "bob")["available_to_spend"] == 0
+    problem(api.patch(f"{C}/members/alice", json={"upper_limit": 59}), 409, "limit_below_balance")
+    assert set_member(api, "alice", upper_limit=60)["upper_limit"] == 60
+
+
+def test_proposal_between_unknown_or_identical_members_is_refused(
+    api: Api, keys: dict[str, str]
+) -> None:
+    app = api.as_(keys["app"])
+
+    problem(propose(app, "alice", "alice", 5), 422, "same_member")
+    problem(propose(app, "alice", "nobody", 5), 404, "not_found")
+    problem(propose(app, "@commons", "alice", 5), 403, "forbidden")
+
+    assert proposals(api) == []
+    assert reserved(api, "alice") == (0, 0)

@@ -20,7 +20,7 @@ from protocoop.clock import utc_now
 from protocoop.db import Database
 from protocoop.db.models import PendingExchange
 from tests.conftest import Api
-from tests.ledger_helpers import C, EXCHANGES, all_exchanges, balance, exchange
+from tests.ledger_helpers import EXCHANGES, C, all_exchanges, balance, exchange
 
 EVENTS = f"{C}/events"
 SEVEN_DAYS = 7 * 24 * 3600

@@ -424,7 +424,7 @@ class LockedLedger:
         if self.status != "active":
             raise InvalidState(
                 f"Community {self.community_id!r} is {self.status} and records no new exchanges.",
-                current_status=self.status,
+                community_status=self.status,
             )
 
     def _parties(self, drafts: Sequence[Draft], originals: dict[str, Any]) -> set[str]:
@@ -727,7 +727,8 @@ class LockedLedger:
             "description": draft.description,
             "category": draft.category,
             "external_id": draft.external_id,
-            "occurred_at": draft.occurred_at,
+            # When it happened: as told, else when proposed (accepting later does not change it).
+            "occurred_at": draft.occurred_at or now,
             "metadata": draft.metadata,
             "levy_amount": plan.levy[0] if plan.levy else None,
             "levy_paid_by": plan.levy[1] if plan.levy else None,
