@@ -45,6 +45,12 @@ def journal_account(account_id: str) -> str:
     return "members:" + account_id
 
 
+def journal_commodity(unit_code: str) -> str:
+    """The unit as a journal commodity: `HOUR` bare, `"CO2"` quoted (ledger and hledger read a
+    bare symbol holding digits or `_` as part of an amount expression)."""
+    return unit_code if unit_code.isalpha() else f'"{unit_code}"'
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -67,13 +73,16 @@ def journal_transaction(exchange: ChainedExchange, unit_code: str, scale: int) -
 def journal(session: Session, community: Community) -> Iterator[str]:
     """The community's whole ledger as a ledger-cli/hledger journal."""
     yield (
-        f"; protocoop ledger of community {community.id} ({community.name})\n"
-        f"; unit {community.unit_code} ({community.unit_name}), amounts with "
+        f"; protocoop ledger of community {community.id} ({_one_line(community.name)})\n"
+        f"; unit {community.unit_code} ({_one_line(community.unit_name)}), amounts with "
         f"{community.unit_scale} decimals\n"
-        f"commodity {format_amount(0, community.unit_scale)} {community.unit_code}\n\n"
+        f"commodity {format_amount(0, community.unit_scale)} "
+        f"{journal_commodity(community.unit_code)}\n\n"
     )
     for exchange, _, _ in chain_links(session, community.id):
-        yield journal_transaction(exchange, community.unit_code, community.unit_scale)
+        yield journal_transaction(
+            exchange, journal_commodity(community.unit_code), community.unit_scale
+        )
 
 
 def exchanges_csv(session: Session, community: Community) -> Iterator[str]:

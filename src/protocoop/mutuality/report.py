@@ -13,8 +13,8 @@ Definitions, for a window of time:
 - `standing`: `inactive` (no exchange), `reciprocal` (reciprocity >= the community's threshold),
   else `net_giver` or `net_receiver`;
 - `mutuality_index = 1 - N / volume`, N the sum over members of their positive net change
-  (given - received) in the window: 1 when every unit given was matched by a unit received, 0 when
-  everything went one way; None without volume;
+  (given - received) in the window, plus the community fund's when it took part: 1 when every
+  unit given was matched by a unit received, 0 when everything went one way; None without volume;
 - `velocity = volume / outstanding_credit` (sum of positive balances); None without credit;
 - mutuality `holds` when the ledger is whole (integrity), balances sum to zero and nobody is
   outside their limits. Reciprocity figures only give warnings.
@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Literal
 
 Standing = Literal["reciprocal", "net_giver", "net_receiver", "inactive"]
@@ -178,10 +179,16 @@ def standing(given: int, received: int, threshold: float) -> Standing:
 
 
 def mutuality_index(members: Sequence[MemberFigures], volume: int) -> float | None:
-    """1 - (sum of positive net changes) / volume; None when nothing was exchanged."""
+    """1 - (sum of positive net changes) / volume; None when nothing was exchanged.
+
+    The community fund (@commons) is not a member, but its exchanges are in the volume, so its
+    net change counts too: every counted unit one account gives another receives, so the fund's
+    net is what the members' nets leave over. (Without it, the fund handing out credit one way
+    would read as perfectly reciprocal.)"""
     if volume == 0:
         return None
-    one_way = sum(max(0, m.given - m.received) for m in members)
+    nets = [m.given - m.received for m in members]
+    one_way = sum(max(0, net) for net in nets) + max(0, -sum(nets))
     return 1 - one_way / volume
 
 
@@ -189,9 +196,14 @@ def is_outside(m: MemberFigures) -> bool:
     return m.balance < m.lower_limit or (m.upper_limit is not None and m.balance > m.upper_limit)
 
 
+def _share(ratio: float, amount: int) -> Decimal:
+    """`ratio` of `amount`, exactly as the ratio is written (0.29 of 100 is 29, not 28.99...)."""
+    return Decimal(repr(ratio)) * amount
+
+
 def is_near_lower(m: MemberFigures, ratio: float) -> bool:
     """At or within `ratio` of a (negative) lower limit: stuck in debt."""
-    return m.lower_limit < 0 and m.balance - m.lower_limit <= ratio * -m.lower_limit
+    return m.lower_limit < 0 and m.balance - m.lower_limit <= _share(ratio, -m.lower_limit)
 
 
 def is_near_upper(m: MemberFigures, ratio: float) -> bool:
@@ -199,7 +211,7 @@ def is_near_upper(m: MemberFigures, ratio: float) -> bool:
     return (
         m.upper_limit is not None
         and m.upper_limit > 0
-        and m.upper_limit - m.balance <= ratio * m.upper_limit
+        and m.upper_limit - m.balance <= _share(ratio, m.upper_limit)
     )
 
 
