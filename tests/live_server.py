@@ -359,6 +359,17 @@ class Snapshot:
     limits: dict[str, tuple[int, int | None]]
 
 
+@dataclass(frozen=True)
+class Timing:
+    """One POST of a load: when it was sent (monotonic), its duration and its answer."""
+
+    sent_at: float
+    seconds: float
+    status: int
+    content_type: str
+    code: str | None
+
+
 @dataclass
 class ExchangeLoad:
     """Client threads posting random exchanges among `members` (half with an Idempotency-Key,
@@ -390,6 +401,8 @@ class ExchangeLoad:
     """5xx answers (key, answer)."""
     snapshots: list[Snapshot] = field(default_factory=list)
     read_errors: list[str] = field(default_factory=list)
+    timings: list[Timing] = field(default_factory=list)
+    """Every POST: when it was sent, how long it took, and what came back (status 0: none)."""
     stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -489,13 +502,24 @@ class ExchangeLoad:
             try:
                 with self._lock:
                     self.sent += 1
+                began = time.monotonic()
                 response = client.post(self.exchanges_url, content=body, headers=headers)
             except httpx.TransportError:
                 with self._lock:
                     self.lost.append((key, body))
+                    self.timings.append(Timing(began, time.monotonic() - began, 0, "", None))
                 return None
             answer = Answer(response.status_code, response.content)
             with self._lock:
+                self.timings.append(
+                    Timing(
+                        began,
+                        time.monotonic() - began,
+                        answer.status,
+                        response.headers.get("content-type", ""),
+                        answer.code,
+                    )
+                )
                 self.answers[(answer.status, answer.code)] += 1
                 if answer.status >= 500:
                     self.server_errors.append((key, answer))

@@ -499,6 +499,45 @@ def export(
         db.dispose()
 
 
+# --- backup and restore ------------------------------------------------------------------------
+
+
+@app.command()
+def backup(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The backup file to write.")],
+) -> None:
+    """Back up the whole database while it serves: SQLite with its online backup API (the file
+    is a SQLite database), PostgreSQL with `pg_dump --format=custom` (must be on PATH)."""
+    from protocoop.db import backup as backups
+
+    settings = _settings()
+    with _clear_errors():
+        report = backups.backup(settings, output)
+    typer.echo(f"wrote {report.location}: {report.summary()}", err=True)
+
+
+@app.command()
+def restore(
+    input_: Annotated[
+        Path, typer.Option("--input", "-i", help="A file written by `protocoop backup`.")
+    ],
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a database that is not empty.")
+    ] = False,
+) -> None:
+    """Restore a backup into the configured database, which must be empty (a new SQLite file, or
+    a database made with `createdb`) unless --force. Stop the server first."""
+    from protocoop.db import backup as backups
+
+    settings = _settings()
+    try:
+        with _clear_errors():
+            report = backups.restore(settings, input_, force=force)
+    except backups.RestoreRefused as refused:
+        fail(str(refused))
+    typer.echo(f"restored {report.location}: {report.summary()}", err=True)
+
+
 def main() -> None:  # pragma: no cover - `python -m protocoop`
     app(prog_name="protocoop")
 

@@ -10,6 +10,7 @@ Either way the same constraints, foreign keys and triggers apply to every row.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 from sqlalchemy import Table, any_, bindparam, insert, select, text, tuple_
@@ -17,6 +18,8 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import TypeEngine
+
+from protocoop.db.watchdog import INFO_KEY as WATCHDOG
 
 
 def _pg_array_type(column_type: TypeEngine[Any], dialect: Any) -> str:
@@ -50,8 +53,12 @@ def insert_rows(connection: Connection, table: Table, rows: Sequence[Mapping[str
 
     statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
     cursor = connection.connection.cursor()  # the driver's own cursor: COPY is psycopg's
+    watchdog = connection.info.get(WATCHDOG)  # SQLAlchemy does not see COPY: watch it here
+    watched = (
+        watchdog.watching(connection.connection.dbapi_connection) if watchdog else nullcontext()
+    )
     try:
-        with cursor.copy(statement) as copy:
+        with watched, cursor.copy(statement) as copy:
             for row in rows:
                 copy.write_row(
                     [

@@ -28,6 +28,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from protocoop.config import Settings
+from protocoop.db.watchdog import Watchdog
+from protocoop.db.watchdog import install as install_watchdog
 from protocoop.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -63,18 +65,30 @@ def make_engine(settings: Settings, *, pooled: bool = True) -> Engine:
         options += f" -c statement_timeout={settings.db_statement_timeout_ms}"
         options += f" -c lock_timeout={settings.db_statement_timeout_ms}"
     kwargs["connect_args"] = {"connect_timeout": settings.db_connect_timeout_s, "options": options}
+    # A server that stops answering enforces no statement timeout: the watchdog does, from here.
+    watchdog = (
+        Watchdog(
+            limit_s=settings.db_statement_timeout_ms / 1000 + settings.db_connect_timeout_s,
+            ping_limit_s=settings.db_connect_timeout_s,
+        )
+        if settings.db_statement_timeout_ms
+        else None
+    )
     if pooled:
         kwargs.update(
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_pool_size,
             pool_timeout=settings.db_connect_timeout_s,
-            pool_pre_ping=True,
+            pool_pre_ping=watchdog is None,  # else the watchdog pings, with a deadline
             # PostgreSQL caches a backend's foreign-key check plans for the connection's life; a
             # plan made while a table was nearly empty can pick a poor index once it has grown.
             # Replacing connections every few minutes bounds how long such a plan can live.
             pool_recycle=settings.db_pool_recycle_s,
         )
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if watchdog is not None:
+        install_watchdog(engine, watchdog, ping=pooled)
+    return engine
 
 
 def _configure_sqlite(engine: Engine, settings: Settings) -> None:
