@@ -70,7 +70,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db = Database(settings)
         app.state.db = db
         app.state.writer = GroupCommitWriter(
-            db, max_group=settings.group_commit_max, on_group=GROUP_COMMIT_SIZE.observe
+            db,
+            max_group=settings.group_commit_max,
+            # SQLite has one writer at a time anyway; PostgreSQL can record several communities
+            # at once.
+            lanes=1 if db.is_sqlite else settings.writer_lanes,
+            on_group=GROUP_COMMIT_SIZE.observe,
         )
         housekeeping = asyncio.create_task(_housekeeping(db, settings))
         try:

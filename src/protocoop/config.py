@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     group_commit_max: int = Field(default=256, ge=1)
     """Most posting requests one group-commit transaction records."""
+    writer_lanes: int = Field(default=4, ge=1)
+    """Group-commit writer threads per process on PostgreSQL (a community always uses the same
+    one); SQLite always uses one."""
     auth_cache_s: float = Field(default=2, ge=0)
     """How long a process trusts a token it has checked, for reads and posts (0: never)."""
     expiry_sweep_s: float = Field(default=30, ge=0)

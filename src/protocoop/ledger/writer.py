@@ -19,6 +19,7 @@ import asyncio
 import logging
 import queue
 import threading
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -87,42 +88,56 @@ class GroupStats:
 
 
 class GroupCommitWriter:
-    """The process's posting writer thread."""
+    """The process's posting writers: `lanes` threads, each with its own queue. A community's
+    requests always go to the same lane (so they stay in order and group together), and a slow
+    or locked community holds up only the communities that share its lane."""
 
     def __init__(
         self,
         db: Database,
         *,
         max_group: int = 256,
+        lanes: int = 1,
         on_group: Callable[[int], None] | None = None,
     ) -> None:
         self.db = db
         self.max_group = max_group
         self.on_group = on_group
-        self._queue: queue.SimpleQueue[PostRequest | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="protocoop-writer", daemon=True)
-        self._thread.start()
+        self._queues: list[queue.SimpleQueue[PostRequest | None]] = [
+            queue.SimpleQueue() for _ in range(max(1, lanes))
+        ]
+        self._threads = [
+            threading.Thread(
+                target=self._run, args=(lane,), name=f"protocoop-writer-{n}", daemon=True
+            )
+            for n, lane in enumerate(self._queues)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def submit(self, request: PostRequest) -> Rendered:
-        """Queue a request and wait for its answer."""
-        self._queue.put(request)
+        """Queue a request on its community's lane and wait for its answer."""
+        lane = zlib.crc32(request.community_id.encode()) % len(self._queues)
+        self._queues[lane].put(request)
         return await request.answer
 
     def close(self) -> None:
-        """Finish what is queued, then stop the thread."""
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+        """Finish what is queued, then stop the threads."""
+        for lane in self._queues:
+            lane.put(None)
+        for thread in self._threads:
+            thread.join(timeout=30)
 
-    def _run(self) -> None:
+    def _run(self, lane: queue.SimpleQueue[PostRequest | None]) -> None:
         while True:
-            first = self._queue.get()
+            first = lane.get()
             if first is None:
                 return
             group = [first]
             stop = False
             while len(group) < self.max_group:
                 try:
-                    more = self._queue.get_nowait()
+                    more = lane.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:
