@@ -7,6 +7,7 @@ invocation, exits 2. Output meant for scripts (a new token, `--json`) goes alone
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -55,6 +56,13 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(communities_app, name="communities")
 app.add_typer(members_app, name="members")
+
+@app.callback()
+def _quiet_service_logs() -> None:
+    # Commands report failures themselves, in one line; the service's own warnings (which
+    # `serve` writes as JSON lines) would only repeat them on stderr.
+    logging.getLogger("protocoop").setLevel(logging.ERROR)
+
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -185,6 +193,7 @@ def serve(
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Every worker writes its metrics here, so /metrics adds them all up.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="protocoop-metrics-")
+    logging.getLogger("protocoop").setLevel(logging.NOTSET)
     configure_logging(settings.log_level)
     uvicorn.run(
         "protocoop.app:create_app",
