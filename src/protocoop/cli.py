@@ -57,6 +57,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(communities_app, name="communities")
 app.add_typer(members_app, name="members")
 
+
 @app.callback()
 def _quiet_service_logs() -> None:
     # Commands report failures themselves, in one line; the service's own warnings (which

@@ -9,6 +9,7 @@ import uuid
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -81,11 +82,25 @@ _HTTP_STATUS_PROBLEMS: dict[int, type[ProblemError]] = {
 }
 
 
-async def _on_http_exception(_: Request, error: Exception) -> Response:
+def _allowed_methods(request: Request) -> str:
+    """Every method the request's path is served with. Starlette's own 405 names only those of
+    the first route with that path, and a path can have one route per method."""
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        path_regex = getattr(route, "path_regex", None)
+        if path_regex is not None and path_regex.match(request.scope["path"]):
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
+
+
+async def _on_http_exception(request: Request, error: Exception) -> Response:
     assert isinstance(error, StarletteHTTPException)
     problem_class = _HTTP_STATUS_PROBLEMS.get(error.status_code)
     if problem_class is not None:
-        return _problem(problem_class())
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)  # RFC 9110 requires it
+        return render_problem(problem_class()).to_response(**headers)
     if error.status_code == 400:  # an unreadable body: the client's mistake, said the same way
         return _problem(ValidationFailed([{"loc": ["body"], "msg": str(error.detail)}]))
     if error.status_code >= 500:

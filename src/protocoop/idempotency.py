@@ -68,7 +68,10 @@ async def idempotency_key(
         str | None,
         Header(
             alias=HEADER,
-            description="Any unique string (e.g. a UUID) to make retries of this POST safe.",
+            description="Any unique string (e.g. a UUID) to make retries of this POST safe: "
+            "1 to 255 printable ASCII characters (HTTP drops leading and trailing spaces).",
+            # Documented here, checked below (with a clearer message than a pattern mismatch).
+            json_schema_extra={"maxLength": 255, "pattern": "^[!-~]([ -~]*[!-~])?$"},
         ),
     ] = None,
 ) -> IdempotencyKey | None:

@@ -112,8 +112,11 @@ def route_problems(route: RouteContext) -> set[int]:
 
 
 def _problem_response(status: int, declared: dict[str, Any] | None) -> dict[str, Any]:
+    description = (declared or {}).get("description")
+    if description in (None, "", "Validation Error"):  # absent, or FastAPI's own 422
+        description = _DESCRIPTIONS.get(status, "Error")
     response: dict[str, Any] = {
-        "description": (declared or {}).get("description") or _DESCRIPTIONS.get(status, "Error"),
+        "description": description,
         "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": _PROBLEM_REF}}},
     }
     headers = {**(declared or {}).get("headers", {}), **_HEADERS.get(status, {})}

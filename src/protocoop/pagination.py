@@ -5,13 +5,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
-from typing import Annotated, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Query
 
 from protocoop.errors import ValidationFailed
 from protocoop.schemas import is_storable_text
+
+RowT = TypeVar("RowT")
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
@@ -26,6 +28,14 @@ def encode_cursor(position: dict[str, Any]) -> str:
     """An opaque token for `position` (clients must not rely on its contents)."""
     raw = json.dumps(position, separators=(",", ":"), sort_keys=True).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def next_cursor(
+    rows: Sequence[RowT], limit: int, position: Callable[[RowT], dict[str, Any]]
+) -> str | None:
+    """The cursor for the page after `rows[:limit]`: lists fetch `limit + 1` rows, and only
+    when that extra row came is there a next page (starting after the last row shown)."""
+    return encode_cursor(position(rows[limit - 1])) if len(rows) > limit else None
 
 
 def decode_cursor(

@@ -6,6 +6,7 @@ Validation is strict where money is concerned: an amount or limit must be a JSON
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -52,10 +53,14 @@ UpperLimit = Annotated[int, Strict(), Field(ge=0, le=MAX_LIMIT)]
 """An upper credit limit in minor units: 0 or above, at most 10^15."""
 
 
-def _reject_non_string(value: Any) -> Any:
-    if not isinstance(value, str | datetime):
-        raise ValueError("must be an RFC 3339 date-time string")
-    return value
+_RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)$")
+
+
+def _require_rfc3339(value: Any) -> Any:
+    # Without this, pydantic would also take a number ("1790000000", "0.5") as Unix time.
+    if isinstance(value, datetime) or (isinstance(value, str) and _RFC3339.match(value)):
+        return value
+    raise ValueError("must be an RFC 3339 date-time string, e.g. 2026-11-26T10:00:00Z")
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -67,7 +72,7 @@ def _to_utc(value: datetime) -> datetime:
 
 Timestamp = Annotated[
     AwareDatetime,
-    BeforeValidator(_reject_non_string),
+    BeforeValidator(_require_rfc3339),
     AfterValidator(_to_utc),
     PlainSerializer(rfc3339, return_type=str, when_used="json"),
 ]

@@ -33,7 +33,7 @@ from protocoop.clock import utc_now
 from protocoop.db.models import INSTANCE_SCOPE, AuditLogEntry
 from protocoop.errors import Unavailable
 from protocoop.events.service import lock_head
-from protocoop.pagination import encode_cursor
+from protocoop.pagination import next_cursor
 from protocoop.schemas import Page
 
 _log = cast(Table, AuditLogEntry.__table__)
@@ -186,7 +186,7 @@ def list_entries(
     if before_id is not None:
         query = query.where(_log.c.id < before_id)
     rows = session.execute(query).all()
-    next_cursor = encode_cursor({"before": rows[limit - 1].id}) if len(rows) > limit else None
+    following = next_cursor(rows, limit, lambda row: {"before": row.id})
     return Page(
         items=[
             AuditLogEntryPublic(
@@ -200,5 +200,5 @@ def list_entries(
             )
             for row in rows[:limit]
         ],
-        next_cursor=next_cursor,
+        next_cursor=following,
     )

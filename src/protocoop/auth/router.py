@@ -21,8 +21,12 @@ router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 @router.post(
     "",
     status_code=201,
-    response_model=ApiKeyCreated,
-    responses=problem_responses(401, 403, 404, 409, 422, 503),
+    # A replay (same Idempotency-Key) answers without the token, which is never stored.
+    response_model=ApiKeyCreated | ApiKeyPublic,
+    responses={
+        201: {"description": "The key, with its `token` (a replay: without it)"},
+        **problem_responses(401, 403, 404, 409, 422, 503),
+    },
 )
 def create_key(
     spec: ApiKeyCreate, principal: KeyManager, idempotency: IdempotencyDep, request: Request

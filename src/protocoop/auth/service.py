@@ -13,7 +13,7 @@ from protocoop.clock import utc_now
 from protocoop.db.models import ApiKey
 from protocoop.errors import Forbidden, NotFound, ValidationFailed
 from protocoop.events.service import lock_head
-from protocoop.pagination import encode_cursor
+from protocoop.pagination import next_cursor
 from protocoop.schemas import Page
 
 
@@ -91,8 +91,10 @@ def list_keys(
     if after is not None:
         query = query.where(ApiKey.id > after)
     keys = list(session.scalars(query))
-    next_cursor = encode_cursor({"after": keys[limit - 1].id}) if len(keys) > limit else None
-    return Page(items=[public(key) for key in keys[:limit]], next_cursor=next_cursor)
+    return Page(
+        items=[public(key) for key in keys[:limit]],
+        next_cursor=next_cursor(keys, limit, lambda key: {"after": key.id}),
+    )
 
 
 def revoke_key(session: Session, key_id: str, *, by: Principal | None) -> ApiKeyPublic:

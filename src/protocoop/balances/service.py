@@ -26,7 +26,7 @@ from protocoop.balances.schemas import (
 from protocoop.communities.schemas import Unit
 from protocoop.db.models import Account, Community, Entry, Exchange, LedgerHead
 from protocoop.errors import NotFound, ValidationFailed
-from protocoop.pagination import encode_cursor
+from protocoop.pagination import next_cursor
 
 _a = Account.__table__
 _e = Entry.__table__
@@ -179,12 +179,8 @@ def balances_page(
         )
         for row in rows[:limit]
     ]
-    next_cursor = (
-        encode_cursor({"as_of_seq": seq, "after": rows[limit - 1].id})
-        if len(rows) > limit
-        else None
-    )
-    return BalancesPage(as_of_seq=seq, sum=int(total), items=items, next_cursor=next_cursor)
+    following = next_cursor(rows, limit, lambda row: {"as_of_seq": seq, "after": row.id})
+    return BalancesPage(as_of_seq=seq, sum=int(total), items=items, next_cursor=following)
 
 
 def every_balance(session: Session, community_id: str, seq: int) -> Iterator[AccountBalance]:
@@ -235,10 +231,10 @@ def statement(
             session, community_id, account_id, max(from_seq, after_seq or 0), to_seq, limit + 1
         )
     )
-    next_cursor = (
-        encode_cursor({"from_seq": from_seq, "to_seq": to_seq, "after_seq": lines[limit - 1].seq})
-        if len(lines) > limit
-        else None
+    following = next_cursor(
+        lines,
+        limit,
+        lambda line: {"from_seq": from_seq, "to_seq": to_seq, "after_seq": line.seq},
     )
     return Statement(
         member=account_id,
@@ -247,7 +243,7 @@ def statement(
         from_seq=from_seq,
         to_seq=to_seq,
         items=lines[:limit],
-        next_cursor=next_cursor,
+        next_cursor=following,
     )
 
 

@@ -21,7 +21,7 @@ from protocoop.communities.schemas import (
 from protocoop.db.models import Account, Community, LedgerHead
 from protocoop.errors import AlreadyExists, Forbidden, NotFound, ValidationFailed
 from protocoop.events.service import NewEvent, emit
-from protocoop.pagination import encode_cursor
+from protocoop.pagination import next_cursor
 from protocoop.schemas import Page
 
 COMMONS = "@commons"
@@ -146,8 +146,10 @@ def list_communities(
     if after is not None:
         query = query.where(Community.id > after)
     rows = list(session.scalars(query))
-    next_cursor = encode_cursor({"after": rows[limit - 1].id}) if len(rows) > limit else None
-    return Page(items=[public(c) for c in rows[:limit]], next_cursor=next_cursor)
+    return Page(
+        items=[public(c) for c in rows[:limit]],
+        next_cursor=next_cursor(rows, limit, lambda row: {"after": row.id}),
+    )
 
 
 def update_community(

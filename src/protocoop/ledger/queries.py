@@ -19,7 +19,7 @@ from protocoop.db.models import Entry, Exchange, PendingExchange
 from protocoop.errors import NotFound
 from protocoop.ledger.schemas import EntryPublic, ExchangePublic, LevyPublic
 from protocoop.ledger.service import PostedExchange
-from protocoop.pagination import encode_cursor
+from protocoop.pagination import next_cursor
 from protocoop.schemas import Page
 
 _x = Exchange.__table__
@@ -284,8 +284,10 @@ def list_exchanges(
     if until is not None:
         query = query.where(_x.c.created_at < until)
     rows = list(session.execute(query.order_by(_x.c.seq).limit(limit + 1)).all())
-    next_cursor = encode_cursor({"after_seq": rows[limit - 1].seq}) if len(rows) > limit else None
-    return Page(items=_documents(session, community_id, rows[:limit]), next_cursor=next_cursor)
+    return Page(
+        items=_documents(session, community_id, rows[:limit]),
+        next_cursor=next_cursor(rows, limit, lambda row: {"after_seq": row.seq}),
+    )
 
 
 def list_proposals(
@@ -314,14 +316,11 @@ def list_proposals(
             | and_(_p.c.created_at == created_at, _p.c.id > exchange_id)
         )
     rows = list(session.execute(query.order_by(_p.c.created_at, _p.c.id).limit(limit + 1)))
-    next_cursor = (
-        encode_cursor(
-            {"after_time": rows[limit - 1].created_at.isoformat(), "after_id": rows[limit - 1].id}
-        )
-        if len(rows) > limit
-        else None
-    )
     return Page(
         items=[_proposal_document(community_id, row) for row in rows[:limit]],
-        next_cursor=next_cursor,
+        next_cursor=next_cursor(
+            rows,
+            limit,
+            lambda row: {"after_time": row.created_at.isoformat(), "after_id": row.id},
+        ),
     )

@@ -29,7 +29,7 @@ from protocoop.errors import (
 from protocoop.events.service import NewEvent, emit, lock_head
 from protocoop.ledger.expiry import expire_due_for
 from protocoop.members.schemas import MemberCreate, MemberPublic, MemberUpdate
-from protocoop.pagination import encode_cursor
+from protocoop.pagination import next_cursor
 from protocoop.schemas import Page
 
 _COLUMNS = (
@@ -141,8 +141,10 @@ def list_members(
     if after is not None:
         query = query.where(Member.id > after)
     rows = session.execute(query).all()
-    next_cursor = encode_cursor({"after": rows[limit - 1].id}) if len(rows) > limit else None
-    return Page(items=[_public(row) for row in rows[:limit]], next_cursor=next_cursor)
+    return Page(
+        items=[_public(row) for row in rows[:limit]],
+        next_cursor=next_cursor(rows, limit, lambda row: {"after": row.id}),
+    )
 
 
 def update_member(
