@@ -43,7 +43,8 @@ from protocoop.communities.service import create_community
 from protocoop.config import Settings
 from protocoop.db import Database, migrate
 from protocoop.db.models import Account, Member
-from protocoop.ledger.service import Draft, post_exchanges
+from protocoop.ledger.records import Draft
+from protocoop.ledger.service import post_exchanges
 from protocoop.mutuality.service import community_mutuality
 
 BATCH = 1000

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from protocoop.ledger.chain import ChainedExchange, ChainEntry, canonical_bytes
 from protocoop.ledger.queries import document, public
-from protocoop.ledger.service import PostedEntry, PostedExchange
+from protocoop.ledger.records import PostedEntry, PostedExchange
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
 moments = st.datetimes(

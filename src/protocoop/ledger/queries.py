@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 from protocoop.clock import rfc3339, utc_now
 from protocoop.db.models import Entry, Exchange, PendingExchange
 from protocoop.errors import NotFound
+from protocoop.ledger.records import PostedExchange
 from protocoop.ledger.schemas import EntryPublic, ExchangePublic, LevyPublic
-from protocoop.ledger.service import PostedExchange
 from protocoop.pagination import next_cursor
 from protocoop.schemas import Page
 

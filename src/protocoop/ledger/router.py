@@ -17,6 +17,7 @@ from protocoop.errors import Forbidden, ValidationFailed
 from protocoop.idempotency import IdempotencyDep, IdempotencyKey, respond
 from protocoop.ledger import queries
 from protocoop.ledger.expiry import release_due
+from protocoop.ledger.records import Draft, PostedExchange, Settlement
 from protocoop.ledger.schemas import (
     DEFAULT_EXPIRES_IN,
     BatchPublic,
@@ -26,13 +27,7 @@ from protocoop.ledger.schemas import (
     ExchangeStatus,
     ReverseRequest,
 )
-from protocoop.ledger.service import (
-    Draft,
-    PostedExchange,
-    Settlement,
-    post_exchanges,
-    settle_exchange,
-)
+from protocoop.ledger.service import post_exchanges, settle_exchange
 from protocoop.ledger.writer import GroupCommitWriter, PostRequest
 from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
 from protocoop.responses import Rendered, problem_responses, render, render_problem

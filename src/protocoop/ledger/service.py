@@ -28,13 +28,13 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from sqlalchemy import Table, select, update
 from sqlalchemy.orm import Session
 
 from protocoop.clock import utc_now
-from protocoop.db.bulk import among, insert_rows, rows_matching_pairs, update_rows
+from protocoop.db.bulk import among, insert_rows, update_rows
 from protocoop.db.models import (
     Account,
     Community,
@@ -42,7 +42,6 @@ from protocoop.db.models import (
     Exchange,
     LedgerHead,
     Member,
-    PairFlow,
     PendingExchange,
 )
 from protocoop.errors import (
@@ -57,6 +56,19 @@ from protocoop.errors import (
 )
 from protocoop.events.service import NewEvent, write_events
 from protocoop.ledger.chain import ChainedExchange, ChainEntry, chain_hash
+from protocoop.ledger.pair_flows import PairFlows, pair_of
+from protocoop.ledger.records import (
+    COMMONS,
+    Draft,
+    Levy,
+    Payer,
+    PostedEntry,
+    PostedExchange,
+    Settlement,
+    levy_postings,
+    pending_document,
+    row_levy,
+)
 from protocoop.money import MAX_BALANCE
 
 _accounts = cast(Table, Account.__table__)
@@ -64,94 +76,6 @@ _exchanges = cast(Table, Exchange.__table__)
 _entries = cast(Table, Entry.__table__)
 _heads = cast(Table, LedgerHead.__table__)
 _pending = cast(Table, PendingExchange.__table__)
-_pairs = cast(Table, PairFlow.__table__)
-
-COMMONS = "@commons"
-PPM = 1_000_000
-
-Payer = Literal["provider", "receiver"]
-Settlement = Literal["accept", "reject", "cancel"]
-
-
-@dataclass(frozen=True, slots=True)
-class Levy:
-    """A community's levy policy: `rate_ppm` of each exchange's amount (round half up, at least
-    `minimum`, at most the amount), paid into @commons by `paid_by`."""
-
-    rate_ppm: int
-    minimum: int
-    paid_by: Payer
-
-    def on(self, amount: int) -> int:
-        """The levy on an exchange of `amount` minor units."""
-        proportional = (amount * self.rate_ppm + PPM // 2) // PPM
-        return min(amount, max(self.minimum, proportional))
-
-
-@dataclass(frozen=True, slots=True)
-class Draft:
-    """An exchange to record: well-formed, but not yet checked against the ledger."""
-
-    provider: str
-    """Account that gave; credited."""
-    receiver: str
-    """Account that received; debited."""
-    amount: int
-    """Minor units, 1..10^15."""
-    description: str
-    category: str | None = None
-    external_id: str | None = None
-    occurred_at: datetime | None = None
-    metadata: dict[str, Any] | None = None
-    reverses: str | None = None
-    """For a reversal: the exchange it undoes (provider, receiver and amount come from it)."""
-    pending: bool = False
-    """Propose rather than record: reserve the amount until the other side accepts."""
-    initiated_by: Payer = "provider"
-    """Who proposes a pending exchange (and may cancel it)."""
-    expires_in: int = 7 * 24 * 3600
-    """Seconds a pending exchange's reservation lasts."""
-
-
-@dataclass(frozen=True, slots=True)
-class PostedEntry:
-    """One posting as recorded."""
-
-    account: str
-    amount: int
-    """Signed change, minor units."""
-    balance_after: int
-    """The account's balance right after this entry."""
-
-
-@dataclass(frozen=True, slots=True)
-class PostedExchange:
-    """An exchange as the ledger now holds it: completed (with seq, entries and hash) or not."""
-
-    community: str
-    id: str
-    status: str
-    """`completed`, `pending`, `rejected`, `cancelled` or `expired`."""
-    provider: str
-    receiver: str
-    amount: int
-    description: str
-    category: str | None
-    external_id: str | None
-    occurred_at: datetime
-    created_at: datetime
-    metadata: dict[str, Any] | None
-    levy_amount: int | None = None
-    levy_paid_by: str | None = None
-    seq: int | None = None
-    reverses: str | None = None
-    reversed_by: str | None = None
-    entries: tuple[PostedEntry, ...] = ()
-    prev_hash: str | None = None
-    hash: str | None = None
-    initiated_by: str | None = None
-    expires_at: datetime | None = None
-    resolved_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -193,16 +117,6 @@ class _AccountState:
         )
 
 
-@dataclass(slots=True)
-class _PairState:
-    a_to_b: int
-    b_to_a: int
-    exchanges: int
-    stored: bool
-    """Whether the row exists in the database (else it is inserted)."""
-    dirty: bool = False
-
-
 @dataclass(frozen=True, slots=True)
 class _Counted:
     """An exchange as the mutuality figures count it."""
@@ -223,22 +137,13 @@ class _Plan:
     postings: list[tuple[str, int]]
     levy: tuple[int, Payer] | None = None
     uncounts: _Counted | None = None
+
+    @property
+    def counted(self) -> _Counted:
+        """The exchange as the mutuality figures count it."""
+        return _Counted(self.provider, self.receiver, self.amount)
+
     """For a reversal of a counted exchange: what leaves the mutuality figures."""
-
-
-def _levy_postings(
-    provider: str, receiver: str, amount: int, levy: tuple[int, Payer] | None
-) -> list[tuple[str, int]]:
-    """The entries of an exchange, receiver first, without zero entries."""
-    if levy is None:
-        return [(receiver, -amount), (provider, amount)]
-    levy_amount, paid_by = levy
-    if paid_by == "provider":
-        postings = [(receiver, -amount), (provider, amount - levy_amount)]
-    else:
-        postings = [(receiver, -(amount + levy_amount)), (provider, amount)]
-    postings.append((COMMONS, levy_amount))
-    return [(account, value) for account, value in postings if value != 0]
 
 
 class LockedLedger:
@@ -284,7 +189,7 @@ class LockedLedger:
         self.counted_exchanges: int = head.counted_exchanges
         self._head_dirty = False
         self._accounts: dict[str, _AccountState] = {}
-        self._pairs: dict[tuple[str, str], _PairState] = {}
+        self._pair_flows = PairFlows(community_id)
         self._external_ids: dict[str, str] = {}
         """external_id -> exchange id, for those recorded in this transaction."""
         self._reversed: set[str] = set()
@@ -330,11 +235,16 @@ class LockedLedger:
                 reversing.add(draft.reverses)
             plans.append(plan)
         self._reversed |= reversing
-        self._load_pairs(
-            tuple(sorted((counted.provider, counted.receiver)))  # type: ignore[misc]
-            for plan in plans
-            if not plan.draft.pending
-            for counted in [plan.uncounts or _Counted(plan.provider, plan.receiver, plan.amount)]
+        self._pair_flows.load(
+            self.session.connection(),
+            (
+                pair_of(counted.provider, counted.receiver)
+                for plan in plans
+                if not plan.draft.pending
+                for counted in [
+                    plan.uncounts or _Counted(plan.provider, plan.receiver, plan.amount)
+                ]
+            ),
         )
         return [self._apply(plan, created_by) for plan in plans]
 
@@ -343,10 +253,13 @@ class LockedLedger:
         accounts and pair flows), instead of a query per call. Changes nothing visible."""
         drafts = [draft for draft in drafts if draft.reverses is None]
         self._load_accounts(self._parties(drafts, {}))
-        self._load_pairs(
-            tuple(sorted((draft.provider, draft.receiver)))  # type: ignore[misc]
-            for draft in drafts
-            if not draft.pending and draft.provider != draft.receiver
+        self._pair_flows.load(
+            self.session.connection(),
+            (
+                pair_of(draft.provider, draft.receiver)
+                for draft in drafts
+                if not draft.pending and draft.provider != draft.receiver
+            ),
         )
 
     def settle(self, exchange_id: str, action: Settlement) -> PostedExchange | InvalidState:
@@ -359,7 +272,7 @@ class LockedLedger:
             raise InvalidState(f"The exchange is {status}, not pending.", current_status=status)
         if action == "accept":
             self._require_active_community()
-        postings = _levy_postings(row.provider, row.receiver, row.amount, _row_levy(row))
+        postings = levy_postings(row.provider, row.receiver, row.amount, row_levy(row))
         # Both parties, even one left without an entry (a levy that takes the whole amount):
         # both must be active, and both are counted in the mutuality figures.
         parties = list(dict.fromkeys([row.receiver, row.provider, *(a for a, _ in postings)]))
@@ -394,7 +307,7 @@ class LockedLedger:
             receiver=row.receiver,
             amount=row.amount,
             postings=postings,
-            levy=_row_levy(row),
+            levy=row_levy(row),
         )
         resolved = self._resolve(row, "completed", emit=False)
         return self._complete(plan, created_by=row.created_by, proposal=resolved)
@@ -413,7 +326,7 @@ class LockedLedger:
         rows = self.session.execute(query.with_for_update()).all()
         expired = 0
         for row in rows:
-            postings = _levy_postings(row.provider, row.receiver, row.amount, _row_levy(row))
+            postings = levy_postings(row.provider, row.receiver, row.amount, row_levy(row))
             self._load_accounts((account for account, _ in postings), expire=False)
             expired += self._expire_if_due(row, postings)
         return expired
@@ -479,7 +392,7 @@ class LockedLedger:
                 provider=draft.provider,
                 receiver=draft.receiver,
                 amount=draft.amount,
-                postings=_levy_postings(draft.provider, draft.receiver, draft.amount, levy),
+                postings=levy_postings(draft.provider, draft.receiver, draft.amount, levy),
                 levy=levy,
             )
             allowed = ("active",)
@@ -678,24 +591,6 @@ class LockedLedger:
             )
         raise NotFound(f"Exchange {exchange_id!r} not found.")
 
-    def _load_pairs(self, pairs: Iterable[tuple[str, str]]) -> None:
-        missing = sorted({pair for pair in pairs if pair not in self._pairs})
-        if not missing:
-            return
-        found = {
-            (row.a, row.b): row
-            for row in rows_matching_pairs(
-                self.session.connection(), _pairs, self.community_id, ("a", "b"), missing
-            )
-        }
-        for pair in missing:
-            row = found.get(pair)
-            self._pairs[pair] = (
-                _PairState(row.a_to_b, row.b_to_a, row.exchanges, stored=True)
-                if row is not None
-                else _PairState(0, 0, 0, stored=False)
-            )
-
     # --- applying ------------------------------------------------------------------------------
 
     def _apply(self, plan: _Plan, created_by: str | None) -> PostedExchange:
@@ -740,7 +635,7 @@ class LockedLedger:
             "created_by": created_by,
         }
         self._new_pending.append(row)
-        proposed = _pending_document(self.community_id, row)
+        proposed = pending_document(self.community_id, row)
         self._events.append(NewEvent("exchange.pending", exchange_document(proposed)))
         return proposed
 
@@ -760,7 +655,7 @@ class LockedLedger:
         self._resolved[row.id] = status
         self._settled_pending.append((row.id, status, now))
         resolved = replace(
-            _pending_document(self.community_id, row._asdict()), status=status, resolved_at=now
+            pending_document(self.community_id, row._asdict()), status=status, resolved_at=now
         )
         if emit:
             self._events.append(NewEvent(f"exchange.{status}", exchange_document(resolved)))
@@ -793,7 +688,7 @@ class LockedLedger:
         for party in (plan.provider, plan.receiver):
             self._accounts[party].last_exchange_at = now
         if draft.reverses is None:
-            self._count(_Counted(plan.provider, plan.receiver, plan.amount), +1)
+            self._count(plan.counted, +1)
         elif plan.uncounts is not None:
             self._count(plan.uncounts, -1)
         chained = ChainedExchange(
@@ -887,20 +782,11 @@ class LockedLedger:
         receiver.d_received += sign * exchange.amount
         provider.d_exchanges += sign
         receiver.d_exchanges += sign
-        a, b = sorted((exchange.provider, exchange.receiver))
-        self._load_pairs([(a, b)])
-        pair = self._pairs[(a, b)]
-        before = pair.exchanges
-        if exchange.provider == a:
-            pair.a_to_b += sign * exchange.amount
-        else:
-            pair.b_to_a += sign * exchange.amount
-        pair.exchanges += sign
-        pair.dirty = True
-        if (before == 0) != (pair.exchanges == 0):
-            partners = 1 if pair.exchanges else -1
-            provider.d_partners += partners
-            receiver.d_partners += partners
+        partners = self._pair_flows.add(
+            self.session.connection(), exchange.provider, exchange.receiver, sign * exchange.amount
+        )
+        provider.d_partners += partners
+        receiver.d_partners += partners
         self.counted_volume += sign * exchange.amount
         self.counted_exchanges += sign
 
@@ -928,7 +814,7 @@ class LockedLedger:
             assign=("status", "resolved_at"),
         )
         self._flush_accounts(connection)
-        self._flush_pairs(connection)
+        self._pair_flows.flush(connection)
         self.last_event_id = write_events(
             self.session, self.community_id, self.last_event_id, self._events
         )
@@ -992,60 +878,6 @@ class LockedLedger:
             account.d_balance = account.d_reserved_debit = account.d_reserved_credit = 0
             account.d_given = account.d_received = account.d_exchanges = account.d_partners = 0
             account.last_exchange_at = None
-
-    def _flush_pairs(self, connection: Any) -> None:
-        dirty = [(key, pair) for key, pair in sorted(self._pairs.items()) if pair.dirty]
-        rows = [
-            (
-                pair,
-                {
-                    "community_id": self.community_id,
-                    "a": a,
-                    "b": b,
-                    "a_to_b": pair.a_to_b,
-                    "b_to_a": pair.b_to_a,
-                    "exchanges": pair.exchanges,
-                    "imbalance": abs(pair.a_to_b - pair.b_to_a),
-                },
-            )
-            for (a, b), pair in dirty
-        ]
-        insert_rows(connection, _pairs, [row for pair, row in rows if not pair.stored])
-        update_rows(
-            connection,
-            _pairs,
-            [row for pair, row in rows if pair.stored],
-            keys=("community_id", "a", "b"),
-            assign=("a_to_b", "b_to_a", "exchanges", "imbalance"),
-        )
-        for _, pair in dirty:
-            pair.stored, pair.dirty = True, False
-
-
-def _row_levy(row: Any) -> tuple[int, Payer] | None:
-    return (row.levy_amount, row.levy_paid_by) if row.levy_amount else None
-
-
-def _pending_document(community_id: str, row: dict[str, Any]) -> PostedExchange:
-    return PostedExchange(
-        community=community_id,
-        id=row["id"],
-        status=row["status"],
-        provider=row["provider"],
-        receiver=row["receiver"],
-        amount=row["amount"],
-        description=row["description"],
-        category=row["category"],
-        external_id=row["external_id"],
-        occurred_at=row["occurred_at"] or row["created_at"],
-        created_at=row["created_at"],
-        metadata=row["metadata"],
-        levy_amount=row["levy_amount"],
-        levy_paid_by=row["levy_paid_by"],
-        initiated_by=row["initiated_by"],
-        expires_at=row["expires_at"],
-        resolved_at=row["resolved_at"],
-    )
 
 
 def exchange_document(exchange: PostedExchange) -> dict[str, Any]:

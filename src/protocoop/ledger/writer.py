@@ -43,7 +43,8 @@ from protocoop.errors import (
     Unavailable,
 )
 from protocoop.idempotency import REPLAYED_HEADER, IdempotencyKey
-from protocoop.ledger.service import Draft, LockedLedger, PostedExchange
+from protocoop.ledger.records import Draft, PostedExchange
+from protocoop.ledger.service import LockedLedger
 from protocoop.observability import count_posting_answer
 from protocoop.responses import Rendered, render_problem
 
