@@ -3,7 +3,10 @@
 A posting request does not open a transaction of its own. It is queued; the writer takes every
 request waiting (up to `max_group`), groups them by community and records each group in **one**
 transaction: one lock of the ledger head, one INSERT per table, one commit (and one fsync). Under
-load, transactions grow by themselves — no timer, no added latency when idle.
+load, transactions grow by themselves — no timer, no added latency when idle. Once it holds the
+head lock (which it may have waited for while another process's writer held it), the writer also
+takes the requests for that community that arrived meanwhile: the longer the wait, the larger the
+group, instead of a queue of small transactions taking turns.
 
 Each request still succeeds or fails on its own: `LockedLedger.post` checks a request in memory
 and changes nothing when it refuses it, so a refusal is that request's answer and the others go
@@ -20,7 +23,7 @@ import logging
 import queue
 import threading
 import zlib
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -129,41 +132,35 @@ class GroupCommitWriter:
         for thread in self._threads:
             thread.join(timeout=30)
 
-    def _run(self, lane: queue.SimpleQueue[PostRequest | None]) -> None:
+    def _run(self, queue_: queue.SimpleQueue[PostRequest | None]) -> None:
+        lane = _Lane(queue_)
         while True:
-            first = lane.get()
+            first = lane.take()
             if first is None:
                 return
             group = [first]
-            stop = False
-            while len(group) < self.max_group:
-                try:
-                    more = lane.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
+            while len(group) < self.max_group and (more := lane.take_nowait()) is not None:
                 group.append(more)
             try:
-                self._record(group)
+                self._record(group, lane)
             except Exception:  # never let the writer die: answer and carry on
                 log.exception("group commit failed")
                 for request in group:
                     request.deliver(render_problem(InternalError()))
-            if stop:
-                return
 
-    def _record(self, group: list[PostRequest]) -> None:
-        if self.on_group is not None:
-            self.on_group(len(group))
+    def _record(self, group: list[PostRequest], lane: _Lane) -> None:
         by_community: dict[str, list[PostRequest]] = defaultdict(list)
         for request in group:
             by_community[request.community_id].append(request)
         for community_id, requests in by_community.items():
+            taken = len(requests)
+            gather = partial(lane.gather, community_id, self.max_group - taken)
             try:
+                # record_group appends what it gathers to `requests`, so a failure answers them too.
                 answers = self.db.run_write(
-                    partial(record_group, community_id=community_id, requests=requests)
+                    partial(
+                        record_group, community_id=community_id, requests=requests, gather=gather
+                    )
                 )
             except Exception as error:
                 if len(requests) == 1 or is_outage(error):
@@ -172,6 +169,9 @@ class GroupCommitWriter:
                     answers = [_failure(error)] * len(requests)
                 else:
                     answers = [self._record_alone(community_id, request) for request in requests]
+            group.extend(requests[taken:])  # so that an unexpected error answers them too
+            if self.on_group is not None:
+                self.on_group(len(requests))
             for request, answer in zip(requests, answers, strict=True):
                 request.deliver(answer)
                 count_posting_answer(answer.status_code, answer.body, len(request.drafts))
@@ -183,6 +183,57 @@ class GroupCommitWriter:
             )[0]
         except Exception as error:
             return _failure(error)
+
+
+class _Lane:
+    """A writer's queue, plus the requests it took out of order while gathering for another
+    community (answered next, in the order they came)."""
+
+    def __init__(self, queue_: queue.SimpleQueue[PostRequest | None]) -> None:
+        self.queue = queue_
+        self.held: deque[PostRequest] = deque()
+        self.stopping = False
+        """The writer was asked to stop: finish what was taken, then return."""
+
+    def take(self) -> PostRequest | None:
+        """The next request, waiting for one; None when the writer should stop."""
+        if self.held:
+            return self.held.popleft()
+        if self.stopping:
+            return None
+        return self._arrived(self.queue.get())
+
+    def take_nowait(self) -> PostRequest | None:
+        """The next request if one is waiting, else None."""
+        if self.held:
+            return self.held.popleft()
+        if self.stopping:
+            return None
+        try:
+            return self._arrived(self.queue.get_nowait())
+        except queue.Empty:
+            return None
+
+    def gather(self, community_id: str, limit: int) -> list[PostRequest]:
+        """Up to `limit` waiting requests for `community_id`; others are held for later. Nothing
+        when one of that community's is already held (it must be answered in its turn)."""
+        taken: list[PostRequest] = []
+        if any(request.community_id == community_id for request in self.held):
+            return taken
+        while len(taken) < limit and not self.stopping:
+            try:
+                request = self._arrived(self.queue.get_nowait())
+            except queue.Empty:
+                break
+            if request is None:
+                break
+            (taken if request.community_id == community_id else self.held).append(request)
+        return taken
+
+    def _arrived(self, item: PostRequest | None) -> PostRequest | None:
+        if item is None:
+            self.stopping = True
+        return item
 
 
 def _failure(error: Exception) -> Rendered:
@@ -199,13 +250,19 @@ def _failure(error: Exception) -> Rendered:
 
 
 def record_group(
-    session: Session, community_id: str, requests: Sequence[PostRequest]
+    session: Session,
+    community_id: str,
+    requests: list[PostRequest],
+    gather: Callable[[], list[PostRequest]] | None = None,
 ) -> list[Rendered]:
     """Record `requests` in one community within the caller's transaction; one answer each.
 
     The ledger head is locked first, so the idempotency lookups below see every request recorded
-    before this transaction by any process."""
+    before this transaction by any process. Then `gather` may add to `requests` those that came
+    in while the lock was awaited."""
     ledger = LockedLedger(session, community_id)
+    if gather is not None:
+        requests.extend(gather())
     live_keys = set(
         session.scalars(
             select(ApiKey.id).where(
