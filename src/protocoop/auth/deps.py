@@ -29,8 +29,9 @@ _COMMUNITY_ID = re.compile(COMMUNITY_ID_PATTERN)
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer pcp_...`")
 
 
-def get_database(request: Request) -> Database:
-    """The process's database."""
+async def get_database(request: Request) -> Database:
+    """The process's database. (`async` only so that FastAPI calls it on the event loop rather
+    than hopping to a worker thread for every request.)"""
     db: Database = request.app.state.db
     return db
 

@@ -119,6 +119,14 @@ def _driver(connection: Connection | None) -> Any:
     return connection.connection.dbapi_connection
 
 
+PING_IDLE_S = 1.0
+"""A connection back in the pool for less than this is handed out without a ping (like
+HikariCP's `aliveBypassWindowMs`). Should the server have gone away in that second, the
+statement fails instead, SQLAlchemy discards the pool's connections, and the request answers
+`503 unavailable` like any lost connection."""
+_RETURNED_AT = "protocoop_returned_at"
+
+
 def install(engine: Engine, watchdog: Watchdog, *, ping: bool) -> None:
     """Watch every statement, commit and rollback of `engine`'s connections; with `ping`, also
     check each pooled connection (with a deadline) before handing it out, in place of
@@ -155,14 +163,17 @@ def install(engine: Engine, watchdog: Watchdog, *, ping: bool) -> None:
             watchdog.arm(driver_connection)
 
     @event.listens_for(engine, "checkin")
-    def _returned(driver_connection: Any, _record: Any) -> None:
+    def _returned(driver_connection: Any, record: Any) -> None:
         if driver_connection is not None:
             watchdog.disarm(driver_connection)
+        record.info[_RETURNED_AT] = time.monotonic()
 
     if ping:
 
         @event.listens_for(engine, "checkout")
-        def _ping(driver_connection: Any, _record: Any, _proxy: Any) -> None:
+        def _ping(driver_connection: Any, record: Any, _proxy: Any) -> None:
+            if time.monotonic() - record.info.get(_RETURNED_AT, -math.inf) < PING_IDLE_S:
+                return  # it worked a moment ago: under load, a ping per transaction is waste
             try:
                 with watchdog.watching(driver_connection, watchdog.ping_limit_s):
                     engine.dialect.do_ping(driver_connection)
