@@ -147,8 +147,23 @@ def best_of(repeats: int, work: Any) -> tuple[float, Any]:
     return best, result
 
 
+def _peak_rss_mb(pid: int) -> float:
+    """The high-water RSS of a running process (VmHWM), 0 once it has exited."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def time_export(url: str, fmt: str) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of `protocoop export` in a child process."""
+    """(seconds, peak RSS in MB) of `protocoop export` in a child process.
+
+    The peak is read from the child's own /proc VmHWM while it runs: its rusage `ru_maxrss` would
+    start at this (large) process's RSS, which Linux carries over to a forked child at exec."""
     protocoop = Path(sys.executable).with_name("protocoop")
     env = {**os.environ, "PROTOCOOP_DATABASE_URL": url, "PROTOCOOP_AUTO_MIGRATE": "false"}
     with tempfile.NamedTemporaryFile(suffix=f".{fmt}") as output:
@@ -167,10 +182,13 @@ def time_export(url: str, fmt: str) -> tuple[float, float]:
             env=env,
             stderr=subprocess.DEVNULL,
         )
-        _, status, usage = os.wait4(child.pid, 0)
-        if status != 0:
-            raise RuntimeError(f"export {fmt} failed with status {status}")
-        return time.perf_counter() - started, usage.ru_maxrss / 1024
+        peak = 0.0
+        while child.poll() is None:
+            peak = max(peak, _peak_rss_mb(child.pid))
+            time.sleep(0.01)
+        if child.returncode != 0:
+            raise RuntimeError(f"export {fmt} failed with status {child.returncode}")
+        return time.perf_counter() - started, peak
 
 
 def run(kind: str, members: int, exchanges: int) -> dict[str, Any]:
