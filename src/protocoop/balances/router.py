@@ -15,7 +15,7 @@ from protocoop.auth.deps import DatabaseDep, Overseer, Reader
 from protocoop.balances import service
 from protocoop.balances.schemas import BalancePublic, BalancesPage, Statement, TrialBalance
 from protocoop.db import Database
-from protocoop.ledger.expiry import release_due
+from protocoop.ledger.expiry import read_after_expiry
 from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
 from protocoop.responses import problem_responses
 from protocoop.schemas import MemberPath, Timestamp
@@ -80,11 +80,14 @@ def get_balance(
 ) -> BalancePublic:
     """The balance and the room left within the limits, now or at a past time or `seq`, with
     what pending exchanges reserve."""
-    release_due(db, community_id, account_id=member_id)
-    with db.read() as session:
-        return service.member_balance(
+    return read_after_expiry(
+        db,
+        community_id,
+        lambda session: service.member_balance(
             session, community_id, member_id, as_of=as_of, as_of_seq=as_of_seq
-        )
+        ),
+        account_id=member_id,
+    )
 
 
 @router.get(

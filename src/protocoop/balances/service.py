@@ -109,7 +109,9 @@ def member_balance(
 ) -> BalancePublic:
     """An account's balance and room within its limits, now or at a past position (with the
     current limits and reservations: limit history is not kept)."""
-    seq, head = _resolve_position(session, community_id, as_of, as_of_seq)
+    now = as_of is None and as_of_seq is None
+    # Now: one statement, the head's seq read with the account (same snapshot either way).
+    seq, head = (0, 0) if now else _resolve_position(session, community_id, as_of, as_of_seq)
     row = session.execute(
         select(
             _a.c.balance,
@@ -120,12 +122,16 @@ def member_balance(
             Community.unit_code,
             Community.unit_name,
             Community.unit_scale,
+            LedgerHead.last_seq,
         )
         .join(Community, Community.id == _a.c.community_id)
+        .join(LedgerHead, LedgerHead.community_id == _a.c.community_id)
         .where(_a.c.community_id == community_id, _a.c.id == account_id)
     ).first()
     if row is None:
         raise NotFound(f"Member {account_id!r} not found.", member=account_id)
+    if now:
+        seq = head = row.last_seq
     balance = row.balance if seq == head else balance_at(session, community_id, account_id, seq)
     return BalancePublic(
         member=account_id,

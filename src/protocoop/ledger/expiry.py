@@ -4,7 +4,9 @@ the server runs periodically."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
+from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,6 +20,7 @@ from protocoop.ledger.service import LockedLedger, expire_due
 log = logging.getLogger(__name__)
 
 _p = PendingExchange.__table__
+T = TypeVar("T")
 
 
 def expire_due_for(session: Session, community_id: str, account_id: str) -> int:
@@ -28,21 +31,27 @@ def expire_due_for(session: Session, community_id: str, account_id: str) -> int:
     return expired
 
 
-def release_due(
+def read_after_expiry(
     db: Database,
     community_id: str,
+    read: Callable[[Session], T],
     *,
     account_id: str | None = None,
     exchange_id: str | None = None,
-) -> None:
-    """Before a read: release what has expired among the proposals the read will show."""
+) -> T:
+    """`read` in a read transaction, once what has expired among the proposals it shows (those
+    of `account_id`, or `exchange_id`, or the community's) is released. The check shares the
+    read's transaction: only when something is due does it cost a write and a second read."""
     with db.read() as session:
         if exchange_id is not None:
             due = is_due_for_expiry(session, community_id, exchange_id)
         else:
             due = has_due_expiries(session, community_id, account_id)
-    if due:
-        db.run_write(lambda session: expire_due(session, community_id))
+        if not due:
+            return read(session)
+    db.run_write(lambda session: expire_due(session, community_id))
+    with db.read() as session:
+        return read(session)
 
 
 def _expire_community(session: Session, community_id: str) -> int:

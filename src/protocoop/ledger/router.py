@@ -16,7 +16,7 @@ from protocoop.auth.roles import Principal, Role
 from protocoop.errors import Forbidden, ValidationFailed
 from protocoop.idempotency import IdempotencyDep, IdempotencyKey, respond
 from protocoop.ledger import queries
-from protocoop.ledger.expiry import release_due
+from protocoop.ledger.expiry import read_after_expiry
 from protocoop.ledger.records import Draft, PostedExchange, Settlement
 from protocoop.ledger.schemas import (
     DEFAULT_EXPIRES_IN,
@@ -268,9 +268,10 @@ def list_exchanges(
             raise ValidationFailed(
                 [{"loc": ["query", "cursor"], "msg": "not a cursor this list gave out"}]
             ) from error
-    release_due(db, community_id)
-    with db.read() as session:
-        return queries.list_proposals(
+    return read_after_expiry(
+        db,
+        community_id,
+        lambda session: queries.list_proposals(
             session,
             community_id,
             status=status,
@@ -279,7 +280,8 @@ def list_exchanges(
             until=until,
             after=after,
             limit=limit,
-        )
+        ),
+    )
 
 
 @router.get(
@@ -289,6 +291,9 @@ def get_exchange(
     community_id: str, exchange_id: ExchangePath, _: Reader, db: DatabaseDep
 ) -> ExchangePublic:
     """One exchange, completed or proposed."""
-    release_due(db, community_id, exchange_id=exchange_id)
-    with db.read() as session:
-        return queries.get_exchange(session, community_id, exchange_id)
+    return read_after_expiry(
+        db,
+        community_id,
+        lambda session: queries.get_exchange(session, community_id, exchange_id),
+        exchange_id=exchange_id,
+    )
