@@ -233,14 +233,11 @@ class _PortTaken(RuntimeError):
     """Another process bound the port between `free_port()` and the server's bind."""
 
 
-@pytest.fixture
-def live_server(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[LiveServer]:
-    """`protocoop serve --workers 2` on a fresh, migrated database of the test's backend,
-    ready, with `admin_token`; killed (and its PostgreSQL database dropped) afterwards."""
-    workdir = tmp_path / "live-server"
-    workdir.mkdir()
+@contextlib.contextmanager
+def serving(backend: str, workdir: Path, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
+    """`protocoop serve --workers 2` on a fresh, migrated database of `backend` in `workdir`,
+    ready, with `admin_token`; stopped (and its PostgreSQL database dropped) afterwards. A failing
+    test's report shows its log."""
     server_url: str | None = None
     if backend == "sqlite":
         database_url = f"sqlite:///{workdir / 'protocoop.db'}"
@@ -268,6 +265,17 @@ def live_server(
         server.stop()
         if server_url is not None:
             drop_postgres_database(server_url, database_url)
+
+
+@pytest.fixture
+def live_server(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[LiveServer]:
+    """A server of the test's backend for this test alone (see `serving`)."""
+    workdir = tmp_path / "live-server"
+    workdir.mkdir()
+    with serving(backend, workdir, request) as server:
+        yield server
 
 
 @pytest.hookimpl(wrapper=True)

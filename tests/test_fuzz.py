@@ -30,12 +30,11 @@ import httpx
 import pytest
 
 from protocoop.auth.roles import Role
-from protocoop.db import Database, migrate
-from tests.conftest import BACKENDS, create_postgres_database, drop_postgres_database, make_key
+from tests.conftest import BACKENDS
 
 pytest.register_assert_rewrite("tests.live_server")
 
-from tests.live_server import _SERVERS, LiveServer, protocoop_command  # noqa: E402
+from tests.live_server import _SERVERS, LiveServer, protocoop_command, serving  # noqa: E402
 
 pytest_plugins = ["tests.live_server"]
 pytestmark = [pytest.mark.slow, pytest.mark.fuzz]
@@ -220,34 +219,10 @@ def fuzz_target(
 ) -> Iterator[FuzzTarget]:
     """`protocoop serve` on a fresh database of each backend, for the whole module."""
     backend = str(request.param)
-    workdir = tmp_path_factory.mktemp(f"fuzz-{backend}")
-    server_url: str | None = None
-    if backend == "sqlite":
-        database_url = f"sqlite:///{workdir / 'protocoop.db'}"
-    else:
-        server_url = str(request.getfixturevalue("postgres_server_url"))
-        database_url = create_postgres_database(server_url)
-    server = LiveServer(
-        backend=backend,
-        database_url=database_url,
-        workdir=workdir,
-        auto_migrate=backend == "sqlite",
-    )
-    try:
-        migrate.upgrade(database_url)
-        db = Database(server.settings(), pooled=False)
-        try:
-            server.admin_token = make_key(db, Role.ADMIN)
-        finally:
-            db.dispose()
-        server.start()
+    with serving(backend, tmp_path_factory.mktemp(f"fuzz-{backend}"), request) as server:
         target = FuzzTarget(server)
         target.arrange()
         yield target
-    finally:
-        server.stop()
-        if server_url is not None:
-            drop_postgres_database(server_url, database_url)
 
 
 @pytest.fixture(autouse=True)

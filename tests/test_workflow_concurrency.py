@@ -26,13 +26,8 @@ import pytest
 
 pytest.register_assert_rewrite("tests.live_server")
 
-from protocoop.auth.roles import Role  # noqa: E402
-from protocoop.db import Database, migrate  # noqa: E402
 from tests.conftest import (  # noqa: E402
     BACKENDS,
-    create_postgres_database,
-    drop_postgres_database,
-    make_key,
 )
 from tests.live_server import (  # noqa: E402
     _SERVERS,
@@ -42,6 +37,7 @@ from tests.live_server import (  # noqa: E402
     create_tight_community,
     read_json,
     read_ledger,
+    serving,
     snapshot_violations,
 )
 from tests.workflow_helpers import expected_reservations  # noqa: E402
@@ -61,31 +57,8 @@ def shared_server(
     own community), to start fewer servers."""
     backend = str(request.param)
     workdir = tmp_path_factory.mktemp(f"workflow-server-{backend}")
-    server_url: str | None = None
-    if backend == "sqlite":
-        database_url = f"sqlite:///{workdir / 'protocoop.db'}"
-    else:
-        server_url = str(request.getfixturevalue("postgres_server_url"))
-        database_url = create_postgres_database(server_url)
-    server = LiveServer(
-        backend=backend,
-        database_url=database_url,
-        workdir=workdir,
-        auto_migrate=backend == "sqlite",
-    )
-    try:
-        migrate.upgrade(database_url)
-        db = Database(server.settings(), pooled=False)
-        try:
-            server.admin_token = make_key(db, Role.ADMIN)
-        finally:
-            db.dispose()
-        server.start()
+    with serving(backend, workdir, request) as server:
         yield server
-    finally:
-        server.stop()
-        if server_url is not None:
-            drop_postgres_database(server_url, database_url)
 
 
 @pytest.fixture
