@@ -38,7 +38,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-## make bench: the benchmark suite (needs wrk and pgbench; about 10-15 minutes; never in CI)
+## make bench: the benchmark suite (needs wrk and pgbench; about 9 minutes; never in CI)
 bench: $(STAMP)
 	$(BIN)/python -m bench.suite $(BENCH_ARGS)
 

@@ -16,7 +16,7 @@ Prints one table with each target as a ratio measured in this run, and writes
 `bench/results/<date>.json`. Needs `wrk` and `pgbench` on PATH (Debian: `apt-get install wrk
 postgresql-client`). Never part of CI's pass/fail.
 
-    .venv/bin/python -m bench.suite                  # everything (about 10-15 minutes)
+    .venv/bin/python -m bench.suite                  # everything (about 9 minutes)
     .venv/bin/python -m bench.suite --quick          # shorter runs, 100k exchanges on PostgreSQL
 """
 
