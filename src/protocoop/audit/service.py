@@ -135,11 +135,15 @@ def _unbalanced_exchanges(
 
 
 def _stored_balances(session: Session, community_id: str) -> list[AuditProblem]:
+    # MATERIALIZED: computed once, as a (parallel) hash aggregate. As a plain subquery under
+    # `ORDER BY ... LIMIT`, PostgreSQL prefers walking the entries index in account order, which
+    # is three times slower on a long history and was most of the mutuality report's time.
     sums = (
         select(_e.c.account_id, func.sum(_e.c.amount).label("total"))
         .where(_e.c.community_id == community_id)
         .group_by(_e.c.account_id)
-        .subquery()
+        .cte("entry_sums")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
     )
     total = func.coalesce(sums.c.total, 0)
     rows = session.execute(
