@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +233,21 @@ def admin_token(db: Database) -> str:
 def api(client: TestClient, admin_token: str) -> Api:
     """The API as an admin."""
     return Api(client, admin_token)
+
+
+def every_item(get: Callable[..., Any], path: str, **params: Any) -> list[dict[str, Any]]:
+    """Every item of a list at `path`, following `next_cursor` 1000 at a time; `get(path,
+    params=...)` is any client's GET (each page must answer 200)."""
+    items: list[dict[str, Any]] = []
+    query: dict[str, Any] = {"limit": 1000, **params}
+    while True:
+        response = get(path, params=query)
+        assert response.status_code == 200, f"GET {path}: {response.status_code} {response.text}"
+        page = response.json()
+        items.extend(page["items"])
+        if page["next_cursor"] is None:
+            return items
+        query = {**query, "cursor": page["next_cursor"]}
 
 
 def create_community(api: Api, community_id: str = "riverside", **fields: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import json
 import re
 from typing import Any
 
-from tests.conftest import Api
+from tests.conftest import Api, every_item
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 PROBLEM_MEMBERS = {"type", "title", "status", "detail", "code"}
@@ -59,16 +59,7 @@ def give(api: Api, community: str, provider: str, receiver: str, amount: int) ->
 
 def members(api: Api, community: str, **params: Any) -> list[dict[str, Any]]:
     """Every member of `community` (following the cursor)."""
-    items: list[dict[str, Any]] = []
-    query: dict[str, Any] = {"limit": 1000, **params}
-    while True:
-        response = api.get(f"/v1/communities/{community}/members", params=query)
-        assert response.status_code == 200, response.text
-        page = response.json()
-        items.extend(page["items"])
-        if page["next_cursor"] is None:
-            return items
-        query = {**query, "cursor": page["next_cursor"]}
+    return every_item(api.get, f"/v1/communities/{community}/members", **params)
 
 
 def member_state(api: Api, community: str) -> list[tuple[Any, ...]]:

@@ -8,7 +8,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.conftest import Api
+from tests.conftest import Api, every_item
 
 C = "/v1/communities/riverside"
 EXCHANGES = f"{C}/exchanges"
@@ -46,16 +46,7 @@ def reverse(api: Api, exchange_id: str, reason: str = "posted by mistake", **kwa
 
 def all_exchanges(api: Api, **params: Any) -> list[dict[str, Any]]:
     """Every exchange in the community (following the cursor), in the order the API gives."""
-    items: list[dict[str, Any]] = []
-    query = {"limit": 1000, **params}
-    while True:
-        response = api.get(EXCHANGES, params=query)
-        assert response.status_code == 200, response.text
-        page = response.json()
-        items.extend(page["items"])
-        if page["next_cursor"] is None:
-            return items
-        query = {**query, "cursor": page["next_cursor"]}
+    return every_item(api.get, EXCHANGES, **params)
 
 
 def balances(api: Api) -> dict[str, int]:

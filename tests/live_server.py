@@ -44,7 +44,12 @@ import pytest
 from protocoop.auth.roles import Role
 from protocoop.config import Settings
 from protocoop.db import Database, migrate
-from tests.conftest import create_postgres_database, drop_postgres_database, make_key
+from tests.conftest import (
+    create_postgres_database,
+    drop_postgres_database,
+    every_item,
+    make_key,
+)
 
 READY_TIMEOUT_S = 60.0
 LOG_TAIL_BYTES = 20_000
@@ -667,21 +672,10 @@ def snapshot_violations(
 
 def read_ledger(server: LiveServer, community: str, token: str) -> list[dict[str, Any]]:
     """Every exchange of `community`, in seq order, following the cursor."""
-    items: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"limit": 1000}
-    with httpx.Client(base_url=server.base_url, timeout=60.0) as client:
-        while True:
-            response = client.get(
-                f"/v1/communities/{community}/exchanges",
-                params=params,
-                headers={"Authorization": f"Bearer {token}"},
-            )
-            assert response.status_code == 200, response.text
-            page = response.json()
-            items.extend(page["items"])
-            if page["next_cursor"] is None:
-                return items
-            params = {"limit": 1000, "cursor": page["next_cursor"]}
+    with httpx.Client(
+        base_url=server.base_url, timeout=60.0, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
+        return every_item(client.get, f"/v1/communities/{community}/exchanges")
 
 
 def read_json(server: LiveServer, path: str, token: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from protocoop.auth.roles import Role
 from protocoop.db import Database
 from protocoop.members import service as members_service
 from protocoop.members.schemas import MemberCreate
-from tests.conftest import Api, create_community, create_member, make_key
+from tests.conftest import Api, create_community, create_member, every_item, make_key
 from tests.foundation_helpers import RFC3339_UTC, give, problem
 
 LOG = "/v1/communities/riverside/audit-log"
@@ -26,16 +26,7 @@ KEYS = "/v1/api-keys"
 
 def entries(api: Api, path: str = LOG, **params: Any) -> list[dict[str, Any]]:
     """Every entry of a log, newest first (following the cursor)."""
-    items: list[dict[str, Any]] = []
-    query: dict[str, Any] = {"limit": 1000, **params}
-    while True:
-        response = api.get(path, params=query)
-        assert response.status_code == 200, response.text
-        page = response.json()
-        items.extend(page["items"])
-        if page["next_cursor"] is None:
-            return items
-        query = {**query, "cursor": page["next_cursor"]}
+    return every_item(api.get, path, **params)
 
 
 def key_id(api: Api, token: str) -> str:

@@ -23,6 +23,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import httpx
 import pytest
 
 from protocoop.auth.roles import Role
-from tests.conftest import BACKENDS
+from tests.conftest import BACKENDS, every_item
 
 pytest.register_assert_rewrite("tests.live_server")
 
@@ -297,14 +298,10 @@ def test_after_fuzzing_every_community_audits_ok_and_mutuality_check_passes(
     )
     assert changed, f"no write succeeded: the fuzzer never got past validation\n{summary}"
 
-    communities: list[str] = []
-    params: dict[str, Any] = {"limit": 1000}
-    while True:
-        page = _admin(server, "GET", "/v1/communities", params=params).json()
-        communities += [community["id"] for community in page["items"]]
-        if page["next_cursor"] is None:
-            break
-        params["cursor"] = page["next_cursor"]
+    communities = [
+        community["id"]
+        for community in every_item(partial(_admin, server, "GET"), "/v1/communities")
+    ]
     broken = {}
     for community in communities:
         audit = _admin(server, "GET", f"/v1/communities/{community}/audit").json()

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -26,9 +27,7 @@ import pytest
 
 pytest.register_assert_rewrite("tests.live_server")
 
-from tests.conftest import (  # noqa: E402
-    BACKENDS,
-)
+from tests.conftest import BACKENDS, every_item  # noqa: E402
 from tests.live_server import (  # noqa: E402
     _SERVERS,
     LiveServer,
@@ -110,16 +109,7 @@ class Client:
 
 
 def all_pages(client: Client, path: str, **params: Any) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    query: dict[str, Any] = {"limit": 1000, **params}
-    while True:
-        response = client.request("GET", path, params=query)
-        assert response.status_code == 200, response.text
-        page = response.json()
-        items.extend(page["items"])
-        if page["next_cursor"] is None:
-            return items
-        query = {**query, "cursor": page["next_cursor"]}
+    return every_item(partial(client.request, "GET"), path, **params)
 
 
 @pytest.mark.slow
