@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
@@ -15,16 +15,7 @@ from protocoop.schemas import Page
 
 router = APIRouter(tags=["audit log"])
 
-Action = Literal[
-    "community.created",
-    "community.updated",
-    "member.created",
-    "member.updated",
-    "api_key.created",
-    "api_key.revoked",
-    "exchange.reversed",
-]
-ActionQuery = Annotated[Action | None, Query(description="Only entries of this action.")]
+ActionQuery = Annotated[service.Action | None, Query(description="Only entries of this action.")]
 TargetQuery = Annotated[
     str | None,
     Query(

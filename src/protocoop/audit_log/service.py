@@ -21,7 +21,7 @@ the newest entry back (or remembering the highest id it saw) misses nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, Literal, cast, get_args
 
 from sqlalchemy import Table, func, insert, null, select
 from sqlalchemy.exc import IntegrityError
@@ -38,7 +38,7 @@ from protocoop.schemas import Page
 
 _log = cast(Table, AuditLogEntry.__table__)
 
-ACTIONS = (
+Action = Literal[
     "community.created",
     "community.updated",
     "member.created",
@@ -46,7 +46,8 @@ ACTIONS = (
     "api_key.created",
     "api_key.revoked",
     "exchange.reversed",
-)
+]
+ACTIONS: tuple[str, ...] = get_args(Action)
 
 _INSTANCE_ATTEMPTS = 50
 
