@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from protocoop.ledger.chain import ChainedExchange, ChainEntry, canonical_bytes
 from protocoop.ledger.queries import document, public
-from protocoop.ledger.records import PostedEntry, PostedExchange
+from protocoop.ledger.records import PostedExchange
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
 moments = st.datetimes(
@@ -56,7 +56,7 @@ def test_exchange_document_built_by_hand_equals_the_schema_rendering(
         levy_amount=levy,
         levy_paid_by="provider" if levy else None,
         seq=seq,
-        entries=tuple(PostedEntry(*entry) for entry in entries),
+        entries=tuple(ChainEntry(*entry) for entry in entries),
         prev_hash=None if pending else "0" * 64,
         hash=None if pending else "f" * 64,
         initiated_by="receiver" if pending else None,

@@ -23,11 +23,13 @@ GENESIS_HASH = "0" * 64
 
 @dataclass(frozen=True, slots=True)
 class ChainEntry:
-    """One posting as the chain sees it."""
+    """One posting as recorded (every field of it is covered by the chain)."""
 
     account: str
     amount: int
+    """Signed change, minor units."""
     balance_after: int
+    """The account's balance right after this entry."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from protocoop.ledger.chain import ChainEntry
+
 COMMONS = "@commons"
 PPM = 1_000_000
 
@@ -57,17 +59,6 @@ class Draft:
 
 
 @dataclass(frozen=True, slots=True)
-class PostedEntry:
-    """One posting as recorded."""
-
-    account: str
-    amount: int
-    """Signed change, minor units."""
-    balance_after: int
-    """The account's balance right after this entry."""
-
-
-@dataclass(frozen=True, slots=True)
 class PostedExchange:
     """An exchange as the ledger now holds it: completed (with seq, entries and hash) or not."""
 
@@ -89,7 +80,7 @@ class PostedExchange:
     seq: int | None = None
     reverses: str | None = None
     reversed_by: str | None = None
-    entries: tuple[PostedEntry, ...] = ()
+    entries: tuple[ChainEntry, ...] = ()
     prev_hash: str | None = None
     hash: str | None = None
     initiated_by: str | None = None

@@ -62,7 +62,6 @@ from protocoop.ledger.records import (
     Draft,
     Levy,
     Payer,
-    PostedEntry,
     PostedExchange,
     Settlement,
     levy_postings,
@@ -684,7 +683,7 @@ class LockedLedger:
             account = self._accounts[account_id]
             account.balance += amount
             account.d_balance += amount
-            entries.append(PostedEntry(account_id, amount, account.balance))
+            entries.append(ChainEntry(account_id, amount, account.balance))
         for party in (plan.provider, plan.receiver):
             self._accounts[party].last_exchange_at = now
         if draft.reverses is None:
@@ -703,7 +702,7 @@ class LockedLedger:
             external_id=draft.external_id,
             reverses=draft.reverses,
             created_at=now,
-            entries=tuple(ChainEntry(e.account, e.amount, e.balance_after) for e in entries),
+            entries=tuple(entries),
         )
         prev_hash, self.last_hash = self.last_hash, chain_hash(self.last_hash, chained)
         self.last_created_at = now
