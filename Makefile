@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-dev
+SERVE_STAMP := $(VENV)/.installed-serve
+DEV_STAMP   := $(VENV)/.installed-dev
 
 .PHONY: run test lint typecheck fuzz bench clean
 
@@ -12,34 +13,40 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
+# Serving needs only the package and its runtime dependencies; the tests and tools add the rest.
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $(SERVE_STAMP)
 
-## make run: install, migrate the embedded SQLite database (on first start) and serve on :8000
-run: $(STAMP)
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(DEV_STAMP) $(SERVE_STAMP)
+
+## make run: install what serving needs, migrate the embedded SQLite database (on first start) and
+## serve on :8000
+run: $(SERVE_STAMP)
 	$(BIN)/protocoop serve
 
 ## make test: install and run the test suite (PostgreSQL half runs when PROTOCOOP_TEST_POSTGRES_URL is set)
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## make fuzz: a long schemathesis pass against a real server, as every role (tests/test_fuzz.py);
 ## PostgreSQL too when PROTOCOOP_TEST_POSTGRES_URL is set. FUZZ_EXAMPLES sets examples per operation.
 FUZZ_EXAMPLES ?= 300
-fuzz: $(STAMP)
+fuzz: $(DEV_STAMP)
 	PROTOCOOP_FUZZ=long PROTOCOOP_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
 		$(BIN)/python -m pytest tests/test_fuzz.py -rA $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench migrations
 	$(BIN)/ruff format --check src tests bench migrations
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
 ## make bench: the benchmark suite (needs wrk and pgbench; about 9 minutes; never in CI)
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.suite $(BENCH_ARGS)
 
 clean:
