@@ -314,6 +314,7 @@ def test_limit_that_would_leave_the_balance_outside_is_refused_and_changes_nothi
         response = api.patch(f"{MEMBERS}/{member_id}", json=changes)
         body = problem(response, 409, "limit_below_balance")
         assert body["balance"] == (40 if member_id == "alice" else -40), body
+        assert "reserve" not in body["detail"], body  # no proposals: nothing reserved to mention
     assert member_state(api, "riverside") == before
 
     # limits exactly at the balance keep it inside: accepted

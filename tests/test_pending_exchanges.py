@@ -518,6 +518,7 @@ def test_limit_change_must_leave_room_for_what_is_reserved(api: Api, community: 
     )
 
     assert body["member"] == "bob"
+    assert "(open proposals reserve -60, +0)" in body["detail"], body
     assert balance(api, "bob")["lower_limit"] == -100
     assert set_member(api, "bob", lower_limit=-60)["lower_limit"] == -60
     assert balance(api, "bob")["available_to_spend"] == 0

@@ -179,9 +179,14 @@ def update_member(
         floor = account.balance - account.reserved_debit
         ceiling = account.balance + account.reserved_credit
         if floor < lower or (upper is not None and ceiling > upper):
+            reserved = (
+                f" (open proposals reserve -{account.reserved_debit}, +{account.reserved_credit})"
+                if account.reserved_debit or account.reserved_credit
+                else ""
+            )
+            bounds = f"[{lower}, {upper}]" if upper is not None else f"[{lower}, no upper limit]"
             raise LimitBelowBalance(
-                f"Balance {account.balance} (reserved: -{account.reserved_debit}, "
-                f"+{account.reserved_credit}) would lie outside [{lower}, {upper}].",
+                f"Balance {account.balance}{reserved} would lie outside {bounds}.",
                 member=member_id,
                 balance=account.balance,
                 lower_limit=lower,
