@@ -8,7 +8,7 @@ from alembic import context
 
 import protocoop.db.models  # noqa: F401  (registers every table on Base.metadata)
 from protocoop.config import Settings
-from protocoop.db.base import Base, UTCDateTime
+from protocoop.db.base import Base, Figure, UTCDateTime
 from protocoop.db.engine import make_engine, write_engine
 
 config = context.config
@@ -22,6 +22,8 @@ def _render_item(type_: str, obj: Any, autogen_context: Any) -> str | Literal[Fa
     """Render protocoop's column types as plain SQLAlchemy ones, so migrations never import models."""
     if type_ == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"
+    if type_ == "type" and isinstance(obj, Figure):  # on SQLite: sa.String(38) (see 0005)
+        return "sa.Numeric(precision=38, scale=0)"
     return False
 
 

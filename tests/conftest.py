@@ -92,6 +92,8 @@ def _truncate_postgres(url: str) -> None:
     tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
     engine = create_engine(url)
     with engine.begin() as connection:
+        # The append-only tables refuse TRUNCATE; a replica session fires no triggers.
+        connection.execute(text("SET LOCAL session_replication_role = replica"))
         connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     engine.dispose()
 

@@ -20,7 +20,7 @@ from protocoop.app import create_app
 from protocoop.auth.roles import Role
 from protocoop.config import Settings
 from protocoop.db import Database, migrate
-from protocoop.db.base import UTCDateTime
+from protocoop.db.base import Figure, UTCDateTime
 from tests.conftest import Api, make_key
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -216,8 +216,8 @@ def kept_figures(engine: Engine) -> dict[str, Any]:
         "accounts",
         column("community_id"),
         column("id"),
-        column("given"),
-        column("received"),
+        column("given", Figure()),
+        column("received", Figure()),
         column("exchange_count"),
         column("partner_count"),
         column("last_exchange_at", UTCDateTime()),
@@ -227,15 +227,15 @@ def kept_figures(engine: Engine) -> dict[str, Any]:
         column("community_id"),
         column("a"),
         column("b"),
-        column("a_to_b"),
-        column("b_to_a"),
+        column("a_to_b", Figure()),
+        column("b_to_a", Figure()),
         column("exchanges"),
-        column("imbalance"),
+        column("imbalance", Figure()),
     )
     heads = table(
         "ledger_heads",
         column("community_id"),
-        column("counted_volume"),
+        column("counted_volume", Figure()),
         column("counted_exchanges"),
     )
     with engine.connect() as connection:
@@ -351,3 +351,31 @@ def test_posting_carries_on_from_the_migrated_figures(migrated: str) -> None:
     members = {m["member"]: (m["given"], m["received"]) for m in report["members"]}
     assert members == {"alice": (2, 7), "bob": (4, 6), "carol": (7, 9), "dave": (6, 0)}
     assert report["indicators"]["volume"] == 22
+
+
+def test_kept_figures_survive_widening_and_narrowing(migrated: str) -> None:
+    """0005 widens the figures with their values; going back keeps them while they fit in 64
+    bits, and is refused, changing nothing, once one does not."""
+    engine = create_engine(migrated)
+    try:
+        widened = kept_figures(engine)
+        migrate.downgrade(migrated, "0004")
+        assert kept_figures(engine) == widened
+        migrate.upgrade(migrated)
+        assert kept_figures(engine) == widened
+
+        accounts = table(
+            "accounts", column("community_id"), column("id"), column("given", Figure())
+        )
+        with engine.begin() as connection:
+            connection.execute(
+                accounts.update()
+                .where(accounts.c.community_id == "riverside", accounts.c.id == "alice")
+                .values(given=2**64 + 12)
+            )
+        with pytest.raises(RuntimeError, match="cannot downgrade"):
+            migrate.downgrade(migrated, "0004")
+        assert migrate.current_revisions(engine) == migrate.head_revisions()
+        assert kept_figures(engine)["accounts"][("riverside", "alice")][0] == 2**64 + 12
+    finally:
+        engine.dispose()

@@ -167,3 +167,34 @@ def test_database_refuses_to_rewrite_or_delete_ledger_history(
     again = api.get(f"/v1/communities/riverside/exchanges/{exchange['id']}").json()
     assert (again["amount"], again["description"]) == (5, exchange["description"])
     assert sorted(e["amount"] for e in again["entries"]) == [-5, 5]
+
+
+def test_database_refuses_to_truncate_the_append_only_tables(
+    api: Api, db: Database, community: dict[str, Any]
+) -> None:
+    """TRUNCATE fires no row triggers: on PostgreSQL statement triggers refuse it, alone or
+    cascaded from a table that refers to them. (SQLite has no TRUNCATE.)"""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("TRUNCATE is PostgreSQL's")
+    give(api, "riverside", "alice", "bob", 5)
+
+    def counts() -> dict[str, int]:
+        with db.engine.connect() as connection:
+            return {
+                table: connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+                for table in ("exchanges", "entries", "audit_log")
+            }
+
+    before = counts()
+    assert all(before.values()), before
+    for statement in (
+        "TRUNCATE exchanges CASCADE",
+        "TRUNCATE entries",
+        "TRUNCATE audit_log",
+        "TRUNCATE exchanges, entries, audit_log",
+        "TRUNCATE communities CASCADE",
+    ):
+        with pytest.raises(DBAPIError, match="append-only: TRUNCATE is refused"):
+            _write(db, text(statement))
+    assert counts() == before
+    assert api.get("/v1/communities/riverside/exchanges").json()["items"]

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from protocoop.audit.schemas import AuditProblem, AuditReport
 from protocoop.clock import utc_now
 from protocoop.db.models import Account, AuditCheckpoint, Entry, Exchange, LedgerHead
+from protocoop.db.sums import exact_sum, summed
 from protocoop.ledger.chain import GENESIS_HASH, ChainedExchange, verify_chain
 from protocoop.ledger.history import chain_links
 from protocoop.mutuality.figures import Window, flows_by_member, most_imbalanced_pairs, totals
@@ -266,9 +267,12 @@ def _kept_figures(session: Session, community_id: str) -> list[AuditProblem]:
 
 
 def _zero_sum(session: Session, community_id: str) -> list[AuditProblem]:
-    total = session.execute(
-        select(func.coalesce(func.sum(_a.c.balance), 0)).where(_a.c.community_id == community_id)
-    ).scalar_one()
+    row = session.execute(
+        select(*exact_sum(_a.c.balance, "total", session.get_bind().dialect.name)).where(
+            _a.c.community_id == community_id
+        )
+    ).one()
+    total = summed(row, "total")
     if total == 0:
         return []
     return [AuditProblem(invariant=3, code="nonzero_sum", detail=f"balances sum to {total}")]

@@ -25,6 +25,7 @@ from protocoop.balances.schemas import (
 )
 from protocoop.communities.schemas import Unit
 from protocoop.db.models import Account, Community, Entry, Exchange, LedgerHead
+from protocoop.db.sums import exact_sum, summed
 from protocoop.errors import NotFound, ValidationFailed
 from protocoop.pagination import next_cursor
 
@@ -172,9 +173,14 @@ def balances_page(
     if after is not None:
         query = query.where(_a.c.id > after)
     rows = session.execute(query).all()
-    total = session.execute(
-        select(func.coalesce(func.sum(balance), 0)).where(_a.c.community_id == community_id)
-    ).scalar_one()
+    total = summed(
+        session.execute(
+            select(*exact_sum(balance, "total", session.get_bind().dialect.name)).where(
+                _a.c.community_id == community_id
+            )
+        ).one(),
+        "total",
+    )
     items = [
         AccountBalance(
             account=row.id,
@@ -186,7 +192,7 @@ def balances_page(
         for row in rows[:limit]
     ]
     following = next_cursor(rows, limit, lambda row: {"as_of_seq": seq, "after": row.id})
-    return BalancesPage(as_of_seq=seq, sum=int(total), items=items, next_cursor=following)
+    return BalancesPage(as_of_seq=seq, sum=total, items=items, next_cursor=following)
 
 
 def every_balance(session: Session, community_id: str, seq: int) -> Iterator[AccountBalance]:
@@ -317,18 +323,19 @@ def require_account(session: Session, community_id: str, account_id: str) -> Non
 def trial_balance(session: Session, community_id: str) -> TrialBalance:
     """Totals of every account's balance at the head: positives, negatives and their sum."""
     seq = head_seq(session, community_id)
+    dialect = session.get_bind().dialect.name
     row = session.execute(
         select(
-            func.count(),
-            func.coalesce(func.sum(case((_a.c.balance > 0, _a.c.balance), else_=0)), 0),
-            func.coalesce(func.sum(case((_a.c.balance < 0, _a.c.balance), else_=0)), 0),
-            func.coalesce(func.sum(_a.c.balance), 0),
+            func.count().label("accounts"),
+            *exact_sum(case((_a.c.balance > 0, _a.c.balance), else_=0), "positive", dialect),
+            *exact_sum(case((_a.c.balance < 0, _a.c.balance), else_=0), "negative", dialect),
         ).where(_a.c.community_id == community_id)
     ).one()
+    positive, negative = summed(row, "positive"), summed(row, "negative")
     return TrialBalance(
         as_of_seq=seq,
-        accounts=int(row[0]),
-        total_positive=int(row[1]),
-        total_negative=int(row[2]),
-        sum=int(row[3]),
+        accounts=int(row.accounts),
+        total_positive=positive,
+        total_negative=negative,
+        sum=positive + negative,
     )

@@ -92,10 +92,10 @@ def update_rows(
         sets += [f"{name} = :{name}" for name in assign]
         sets += [f"{name} = COALESCE(:{name}, {name})" for name in unless_null]
         where = " AND ".join(f"{name} = :{name}" for name in keys)
-        connection.execute(
-            text(f"UPDATE {table.name} SET {', '.join(sets)} WHERE {where}"),  # noqa: S608
-            list(rows),
-        )
+        # Values go through their column types (kept figures are text on SQLite).
+        typed = [bindparam(name, type_=table.c[name].type) for name in (*keys, *add, *assign)]
+        sqlite_update = text(f"UPDATE {table.name} SET {', '.join(sets)} WHERE {where}")  # noqa: S608
+        connection.execute(sqlite_update.bindparams(*typed), list(rows))
         return
     columns = [*keys, *add, *assign, *unless_null]
     types = [_pg_array_type(table.c[name].type, connection.dialect) for name in columns]

@@ -52,7 +52,8 @@ class PairFlows:
         for pair in missing:
             row = found.get(pair)
             self._pairs[pair] = (
-                _PairState(row.a_to_b, row.b_to_a, row.exchanges, stored=True)
+                # int(): on PostgreSQL the raw query reads NUMERIC figures as Decimal
+                _PairState(int(row.a_to_b), int(row.b_to_a), int(row.exchanges), stored=True)
                 if row is not None
                 else _PairState(0, 0, 0, stored=False)
             )

@@ -91,6 +91,10 @@ class _AccountState:
     """Including what this transaction has recorded so far."""
     reserved_debit: int
     reserved_credit: int
+    given: int
+    """Mutuality figure, including what this transaction counted (written whole, not added:
+    a figure may pass 64 bits, where SQL arithmetic is not exact on SQLite)."""
+    received: int
     d_balance: int = 0
     d_reserved_debit: int = 0
     d_reserved_credit: int = 0
@@ -497,6 +501,8 @@ class LockedLedger:
                 _accounts.c.upper_limit,
                 _accounts.c.reserved_debit,
                 _accounts.c.reserved_credit,
+                _accounts.c.given,
+                _accounts.c.received,
             )
             .where(
                 _accounts.c.community_id == self.community_id,
@@ -524,6 +530,8 @@ class LockedLedger:
                 balance=row.balance,
                 reserved_debit=row.reserved_debit,
                 reserved_credit=row.reserved_credit,
+                given=row.given,
+                received=row.received,
             )
         if expire and any(
             self._accounts[a].reserved_debit or self._accounts[a].reserved_credit
@@ -779,6 +787,8 @@ class LockedLedger:
         receiver = self._accounts[exchange.receiver]
         provider.d_given += sign * exchange.amount
         receiver.d_received += sign * exchange.amount
+        provider.given += sign * exchange.amount
+        receiver.received += sign * exchange.amount
         provider.d_exchanges += sign
         receiver.d_exchanges += sign
         partners = self._pair_flows.add(
@@ -853,8 +863,8 @@ class LockedLedger:
                     "balance": a.d_balance,
                     "reserved_debit": a.d_reserved_debit,
                     "reserved_credit": a.d_reserved_credit,
-                    "given": a.d_given,
-                    "received": a.d_received,
+                    "given": a.given,
+                    "received": a.received,
                     "exchange_count": a.d_exchanges,
                     "partner_count": a.d_partners,
                     "last_exchange_at": a.last_exchange_at,
@@ -866,11 +876,10 @@ class LockedLedger:
                 "balance",
                 "reserved_debit",
                 "reserved_credit",
-                "given",
-                "received",
                 "exchange_count",
                 "partner_count",
             ),
+            assign=("given", "received"),
             unless_null=("last_exchange_at",),
         )
         for account in touched:

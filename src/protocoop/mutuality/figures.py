@@ -9,6 +9,9 @@ For the whole history (the default report) the figures are the ones posting keep
 volume): reading them costs one row per account, however long the history. For a narrower window
 they are GROUP BY aggregates over the window's exchanges. The full audit checks that the kept
 figures equal the aggregates over the whole history.
+
+Sums of amounts pass 64 bits on a long enough history (10^15 at most each): the kept figures are
+wide columns, and every SQL sum here is `exact_sum`, read back with `summed`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from sqlalchemy import Select, case, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from protocoop.db.models import Account, Entry, Exchange, LedgerHead, Member, PairFlow
+from protocoop.db.sums import exact_sum, split_difference, summed
 from protocoop.mutuality.report import MemberFigures, PairFigures, PartnerFigures
 
 _a = Account.__table__
@@ -31,6 +35,10 @@ _h = LedgerHead.__table__
 _pf = PairFlow.__table__
 
 PAIR_CANDIDATES = 20
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +108,13 @@ def totals(session: Session, window: Window) -> tuple[int, int]:
         ).one()
         return int(volume), int(count)
     counted = _counted(window)
-    volume, count = session.execute(
-        select(func.coalesce(func.sum(counted.c.amount), 0), func.count()).select_from(counted)
+    row = session.execute(
+        select(
+            *exact_sum(counted.c.amount, "volume", _dialect(session)),
+            func.count().label("exchanges"),
+        ).select_from(counted)
     ).one()
-    return int(volume), int(count)
+    return summed(row, "volume"), int(row.exchanges)
 
 
 def _balance_column(window: Window) -> Any:
@@ -199,13 +210,14 @@ def _aware(moment: Any) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-def _flows_query(window: Window, member_id: str | None = None) -> Select[Any]:
-    """Per member: given, received, exchanges and distinct partners in the window."""
+def _flows_query(window: Window, dialect: str, member_id: str | None = None) -> Select[Any]:
+    """Per member: given, received (read them with `summed`), exchanges and distinct partners
+    in the window."""
     sides = _sides(_counted(window))
     query = select(
         sides.c.member,
-        func.sum(sides.c.given).label("given"),
-        func.sum(sides.c.received).label("received"),
+        *exact_sum(sides.c.given, "given", dialect),
+        *exact_sum(sides.c.received, "received", dialect),
         func.count().label("exchanges"),
         func.count(sides.c.other.distinct()).label("partners"),
     ).group_by(sides.c.member)
@@ -214,7 +226,7 @@ def _flows_query(window: Window, member_id: str | None = None) -> Select[Any]:
     return query
 
 
-def _kept_flows_query(window: Window, member_id: str | None = None) -> Select[Any]:
+def _kept_flows_query(window: Window, dialect: str, member_id: str | None = None) -> Select[Any]:
     """Per account: the figures posting keeps for the whole history."""
     query = select(
         _a.c.id.label("member"),
@@ -232,7 +244,7 @@ def member_figures(
     session: Session, window: Window, positions: list[AccountPosition]
 ) -> list[MemberFigures]:
     """Every member's flows in the window, with its balance and limits at the window's end."""
-    query = _kept_flows_query(window) if window.whole else _flows_query(window)
+    query = (_kept_flows_query if window.whole else _flows_query)(window, _dialect(session))
     flows = {row.member: row for row in session.execute(query)}
     members = set(session.scalars(select(_m.c.id).where(_m.c.community_id == window.community_id)))
     figures = []
@@ -243,8 +255,8 @@ def member_figures(
         figures.append(
             MemberFigures(
                 member=position.id,
-                given=int(flow.given) if flow else 0,
-                received=int(flow.received) if flow else 0,
+                given=summed(flow, "given") if flow else 0,
+                received=summed(flow, "received") if flow else 0,
                 exchanges=int(flow.exchanges) if flow else 0,
                 partners=int(flow.partners) if flow else 0,
                 balance=position.balance,
@@ -258,9 +270,14 @@ def member_figures(
 
 def flows_by_member(session: Session, window: Window) -> dict[str, tuple[int, int, int, int]]:
     """member -> (given, received, exchanges, partners) over the window."""
-    query = _kept_flows_query(window) if window.whole else _flows_query(window)
+    query = (_kept_flows_query if window.whole else _flows_query)(window, _dialect(session))
     return {
-        row.member: (int(row.given), int(row.received), int(row.exchanges), int(row.partners))
+        row.member: (
+            summed(row, "given"),
+            summed(row, "received"),
+            int(row.exchanges),
+            int(row.partners),
+        )
         for row in session.execute(query)
     }
 
@@ -287,15 +304,34 @@ def most_imbalanced_pairs(
         case((forward, counted.c.amount), else_=0).label("a_to_b"),
         case((forward, 0), else_=counted.c.amount).label("b_to_a"),
     ).subquery("oriented")
-    a_to_b = func.sum(oriented.c.a_to_b)
-    b_to_a = func.sum(oriented.c.b_to_a)
-    rows = session.execute(
-        select(oriented.c.a, oriented.c.b, a_to_b.label("a_to_b"), b_to_a.label("b_to_a"))
-        .group_by(oriented.c.a, oriented.c.b)
-        .order_by(func.abs(a_to_b - b_to_a).desc(), oriented.c.a, oriented.c.b)
-        .limit(limit)
-    ).all()
-    return [PairFigures(row.a, row.b, int(row.a_to_b), int(row.b_to_a)) for row in rows]
+    dialect = _dialect(session)
+    grouped = select(
+        oriented.c.a,
+        oriented.c.b,
+        *exact_sum(oriented.c.a_to_b, "a_to_b", dialect),
+        *exact_sum(oriented.c.b_to_a, "b_to_a", dialect),
+    ).group_by(oriented.c.a, oriented.c.b)
+    if limit is None:
+        query = grouped
+    elif dialect != "sqlite":
+        net = func.sum(oriented.c.a_to_b) - func.sum(oriented.c.b_to_a)
+        query = grouped.order_by(func.abs(net).desc(), oriented.c.a, oriented.c.b).limit(limit)
+    else:
+        # SQLite cannot rank by the exact sums in SQL: rank by a REAL approximation, keep every
+        # pair at least as imbalanced as the limit-th one (rounding never reorders strictly
+        # different values), and rank those exactly below.
+        sums = grouped.cte("pair_sums")
+        imbalance = func.abs(split_difference("a_to_b", "b_to_a", sums))
+        cutoff = (
+            select(imbalance).order_by(imbalance.desc()).offset(limit - 1).limit(1)
+        ).scalar_subquery()
+        query = select(sums).where(imbalance >= func.coalesce(cutoff, literal(-1.0)))
+    pairs = [
+        PairFigures(row.a, row.b, summed(row, "a_to_b"), summed(row, "b_to_a"))
+        for row in session.execute(query)
+    ]
+    pairs.sort(key=lambda pair: (-abs(pair.a_to_b - pair.b_to_a), pair.a, pair.b))
+    return pairs[:limit]
 
 
 def partner_figures(session: Session, window: Window, member_id: str) -> list[PartnerFigures]:
@@ -323,18 +359,19 @@ def partner_figures(session: Session, window: Window, member_id: str) -> list[Pa
             ]
         return figures
     sides = _sides(_counted(window))
+    dialect = _dialect(session)
     rows = session.execute(
         select(
             sides.c.other,
-            func.sum(sides.c.given).label("given"),
-            func.sum(sides.c.received).label("received"),
+            *exact_sum(sides.c.given, "given", dialect),
+            *exact_sum(sides.c.received, "received", dialect),
             func.count().label("exchanges"),
         )
         .where(sides.c.member == member_id)
         .group_by(sides.c.other)
     ).all()
     return [
-        PartnerFigures(row.other, int(row.given), int(row.received), int(row.exchanges))
+        PartnerFigures(row.other, summed(row, "given"), summed(row, "received"), int(row.exchanges))
         for row in rows
     ]
 
@@ -344,11 +381,11 @@ def one_member_figures(
 ) -> MemberFigures:
     """One account's flows in the window, with its position at the window's end."""
     query = _kept_flows_query if window.whole else _flows_query
-    flow = session.execute(query(window, position.id)).first()
+    flow = session.execute(query(window, _dialect(session), position.id)).first()
     return MemberFigures(
         member=position.id,
-        given=int(flow.given) if flow else 0,
-        received=int(flow.received) if flow else 0,
+        given=summed(flow, "given") if flow else 0,
+        received=summed(flow, "received") if flow else 0,
         exchanges=int(flow.exchanges) if flow else 0,
         partners=int(flow.partners) if flow else 0,
         balance=position.balance,
