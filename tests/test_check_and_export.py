@@ -2,9 +2,9 @@
 ledger-cli/hledger journal or a CSV), run against the test's database on SQLite and PostgreSQL.
 
 Most runs go through typer's CliRunner in this process (fast); one runs the installed console
-script, as cron would. The journal is checked by the real `ledger` (or `hledger`) when it is on
-PATH: every balance it computes must equal protocoop's. Without either, that test is skipped with
-the reason, except under `CI=true`, where it fails (CI installs Debian's `ledger`)."""
+script, as cron would. The journal is read by both real tools, `ledger` and `hledger`: every
+balance each computes must equal protocoop's, to the unit. A tool not on PATH skips its run of
+those tests with the reason, except under `CI=true`, where it fails (CI installs both)."""
 
 from __future__ import annotations
 
@@ -232,24 +232,32 @@ def test_check_from_the_console_script_as_cron_runs_it(db: Database, two_communi
 # --- protocoop export: the journal, read by ledger-cli or hledger --------------------------------
 
 
-def ledger_program() -> list[str]:
-    """The command that prints a journal's balances, or skip (fail under CI) without one."""
-    if shutil.which("ledger"):
-        return ["ledger", "--args-only", "balance", "--flat", "--no-total", "--empty", "-f"]
-    if shutil.which("hledger"):
-        return ["hledger", "balance", "--flat", "--no-total", "--empty", "-f"]
-    reason = "neither `ledger` nor `hledger` is on PATH: the journal's balances are not checked"
-    if IN_CI:
-        pytest.fail(f"CI=true but {reason} (install Debian's `ledger`)")
-    pytest.skip(reason)
+JOURNAL_TOOLS = {
+    "ledger": ["ledger", "--args-only", "balance", "--flat", "--no-total", "--empty", "-f"],
+    "hledger": ["hledger", "balance", "--flat", "--no-total", "--empty", "-f"],
+}
+"""Each tool that must read the journal, and its command that prints every account's balance."""
+
+
+@pytest.fixture(params=sorted(JOURNAL_TOOLS))
+def journal_tool(request: pytest.FixtureRequest) -> list[str]:
+    """The command of `hledger`, then of `ledger`, that prints a journal's balances; skip the
+    test for that tool (fail under CI) when it is not on PATH."""
+    name: str = request.param
+    if shutil.which(name) is None:
+        reason = f"`{name}` is not on PATH: the journal's balances are not checked with it"
+        if IN_CI:
+            pytest.fail(f"CI=true but {reason} (.ci/run installs Debian's `{name}`)")
+        pytest.skip(reason)
+    return JOURNAL_TOOLS[name]
 
 
 BALANCE_LINE = re.compile(r"^\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)(?:\s+(\"[^\"]+\"|\S+))?\s{2,}(\S+)$")
 
 
-def journal_balances(path: Path, scale: int) -> dict[str, int]:
-    """account -> balance in minor units, as ledger/hledger computes it from the journal."""
-    program = ledger_program()
+def journal_balances(program: list[str], path: Path, scale: int) -> dict[str, int]:
+    """account -> balance in minor units, as `program` (ledger or hledger) computes it from the
+    journal."""
     done = subprocess.run(
         [*program, str(path)], capture_output=True, text=True, timeout=60, check=False
     )
@@ -286,9 +294,8 @@ def exported_journal(db: Database, community: str, tmp_path: Path) -> Path:
 
 
 def test_journal_balances_in_ledger_equal_protocoops(
-    api: Api, db: Database, community: dict[str, Any], tmp_path: Path
+    api: Api, db: Database, community: dict[str, Any], tmp_path: Path, journal_tool: list[str]
 ) -> None:
-    ledger_program()
     posted(api, "alice", "bob", 10)
     mistake = posted(api, "bob", "carol", 40, description="x ; (oops) @ 3 HOUR")
     posted(api, "carol", "alice", 7, description="two\nlines,  and   spaces")
@@ -296,7 +303,7 @@ def test_journal_balances_in_ledger_equal_protocoops(
     proposed(api, "carol", "bob", 5)  # pending: not in the ledger yet
 
     expected = protocoop_balances(api, "riverside")
-    shown = journal_balances(exported_journal(db, "riverside", tmp_path), scale=0)
+    shown = journal_balances(journal_tool, exported_journal(db, "riverside", tmp_path), scale=0)
 
     assert {k: v for k, v in shown.items() if v} == {k: v for k, v in expected.items() if v}
     assert shown["members:alice"] == 3
@@ -305,9 +312,8 @@ def test_journal_balances_in_ledger_equal_protocoops(
 
 
 def test_journal_of_a_community_with_cents_levies_and_a_reversal_balances_in_ledger(
-    api: Api, db: Database, tmp_path: Path
+    api: Api, db: Database, tmp_path: Path, journal_tool: list[str]
 ) -> None:
-    ledger_program()
     market = "/v1/communities/market"
     # Names may hold line breaks; the journal's header comment must not be broken by them.
     create_community(
@@ -340,7 +346,7 @@ def test_journal_of_a_community_with_cents_levies_and_a_reversal_balances_in_led
 
     expected = protocoop_balances(api, "market")
     journal = exported_journal(db, "market", tmp_path)
-    shown = journal_balances(journal, scale=2)
+    shown = journal_balances(journal_tool, journal, scale=2)
 
     assert expected["system:commons"] == 17 + 100 + 25  # levies kept, and it provided 0.25
     assert expected["members:alice"] == -1099
@@ -349,11 +355,10 @@ def test_journal_of_a_community_with_cents_levies_and_a_reversal_balances_in_led
 
 
 def test_journal_of_a_unit_code_with_digits_balances_in_ledger(
-    api: Api, db: Database, tmp_path: Path
+    api: Api, db: Database, tmp_path: Path, journal_tool: list[str]
 ) -> None:
     # Unit codes may hold digits and underscores (`CO2`, `KG_CO2`); ledger reads a bare symbol
     # with digits as an expression, so the journal must quote it.
-    ledger_program()
     create_community(
         api,
         "carbon",
@@ -368,10 +373,45 @@ def test_journal_of_a_unit_code_with_digits_balances_in_ledger(
     )
     assert response.status_code == 201, response.text
 
-    shown = journal_balances(exported_journal(db, "carbon", tmp_path), scale=3)
+    shown = journal_balances(journal_tool, exported_journal(db, "carbon", tmp_path), scale=3)
 
     assert shown["members:alice"] == 1500
     assert shown["members:bob"] == -1500
+
+
+@pytest.mark.parametrize("scale", range(7))
+def test_journal_of_every_unit_scale_reproduces_every_balance(
+    api: Api, db: Database, tmp_path: Path, journal_tool: list[str], scale: int
+) -> None:
+    # hledger refuses a commodity directive whose amount has no decimal mark (`commodity 0 CR`),
+    # which a scale-0 journal used to hold; ledger accepted it. Both must read every scale.
+    community = f"scale-{scale}"
+    create_community(
+        api,
+        community,
+        unit={"code": "CR", "name": "credit", "scale": scale},
+        default_lower_limit=-(10**15),
+    )
+    for member in ("alice", "bob", "carol"):
+        create_member(api, community, member)
+    for provider, receiver, amount in (
+        ("alice", "bob", 10**15),  # the largest amount, in minor units
+        ("bob", "carol", 1),  # one minor unit
+        ("carol", "alice", 10**scale + 7),
+        ("@commons", "carol", 3 * 10**scale + 9),
+    ):
+        response = api.post(
+            f"/v1/communities/{community}/exchanges",
+            json={"provider": provider, "receiver": receiver, "amount": amount, "description": "x"},
+        )
+        assert response.status_code == 201, response.text
+
+    expected = protocoop_balances(api, community)
+    shown = journal_balances(journal_tool, exported_journal(db, community, tmp_path), scale)
+
+    assert {k: v for k, v in shown.items() if v} == {k: v for k, v in expected.items() if v}
+    assert expected["members:alice"] > 0 > expected["members:bob"]
+    assert expected["members:carol"] < 0 < expected["system:commons"]
 
 
 # --- protocoop export: CSV, output, refusals -----------------------------------------------------
@@ -435,13 +475,13 @@ def test_export_writes_to_a_file_with_output_and_to_stdout_without(
     journal = run(url(db), "export", "-c", "riverside")  # the journal is the default format
     assert journal.exit_code == 0
     assert journal.stdout.count("members:alice") == 2
-    assert "commodity 0 HOUR" in journal.stdout
+    assert "\ncommodity HOUR\n" in journal.stdout
 
 
-def test_export_of_an_unknown_community_is_one_line_and_exit_1(
+def test_export_of_an_unknown_community_is_one_line_and_exit_2(
     db: Database, community: dict[str, Any], tmp_path: Path
 ) -> None:
     target = tmp_path / "nowhere.journal"
-    line = one_line_error(run(url(db), "export", "--community", "nowhere", "-o", str(target)), 1)
+    line = one_line_error(run(url(db), "export", "--community", "nowhere", "-o", str(target)), 2)
     assert "nowhere" in line
     assert not target.exists()

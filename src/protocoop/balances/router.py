@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Callable, Iterable, Iterator
 from typing import Annotated, Any
 
@@ -14,9 +12,10 @@ from sqlalchemy.orm import Session
 from protocoop.auth.deps import DatabaseDep, Overseer, Reader
 from protocoop.balances import service
 from protocoop.balances.schemas import BalancePublic, BalancesPage, Statement, TrialBalance
+from protocoop.csv_rows import Cell, csv_chunks
 from protocoop.db import Database
 from protocoop.ledger.expiry import read_after_expiry
-from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
+from protocoop.pagination import CursorQuery, LimitQuery, bad_cursor, decode_cursor
 from protocoop.responses import problem_responses
 from protocoop.schemas import MemberPath, Timestamp
 
@@ -39,24 +38,16 @@ def wants_csv(request: Request) -> bool:
 def csv_response(
     db: Database,
     header: list[str],
-    rows: Callable[[Session], Iterable[list[Any]]],
+    rows: Callable[[Session], Iterable[list[Cell]]],
     filename: str,
     headers: dict[str, str] | None = None,
 ) -> StreamingResponse:
-    """Stream `rows` as CSV from their own read transaction, in chunks."""
+    """Stream `rows` as spreadsheet-safe CSV (`protocoop.csv_rows`) from their own read
+    transaction, in chunks."""
 
     def generate() -> Iterator[str]:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(header)
         with db.read() as session:
-            for row in rows(session):
-                writer.writerow(row)
-                if buffer.tell() > 64 * 1024:
-                    yield buffer.getvalue()
-                    buffer.seek(0)
-                    buffer.truncate()
-        yield buffer.getvalue()
+            yield from csv_chunks(header, rows(session))
 
     return StreamingResponse(
         generate(),
@@ -151,6 +142,11 @@ def get_statement(
     with db.read() as session:
         if position:
             from_seq, to_seq = position["from_seq"], position["to_seq"]
+            # The window a first page fixed: (from_seq, to_seq] within the ledger, the page
+            # after an entry inside it. Anything else would give meaningless balances.
+            head = service.head_seq(session, community_id)
+            if not from_seq < position["after_seq"] <= to_seq <= head:
+                raise bad_cursor()
         else:
             from_seq, to_seq = service.statement_window(session, community_id, since, until)
         if not wants_csv(request):

@@ -3,13 +3,12 @@ every exchange. Both stream, so memory stays flat however long the history."""
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterator
 
 from sqlalchemy.orm import Session
 
 from protocoop.clock import rfc3339
+from protocoop.csv_rows import csv_chunks
 from protocoop.db.models import Community
 from protocoop.ledger.chain import ChainedExchange
 from protocoop.ledger.history import chain_links
@@ -76,8 +75,7 @@ def journal(session: Session, community: Community) -> Iterator[str]:
         f"; protocoop ledger of community {community.id} ({_one_line(community.name)})\n"
         f"; unit {community.unit_code} ({_one_line(community.unit_name)}), amounts with "
         f"{community.unit_scale} decimals\n"
-        f"commodity {format_amount(0, community.unit_scale)} "
-        f"{journal_commodity(community.unit_code)}\n\n"
+        f"commodity {journal_commodity(community.unit_code)}\n\n"
     )
     for exchange, _, _ in chain_links(session, community.id):
         yield journal_transaction(
@@ -86,29 +84,23 @@ def journal(session: Session, community: Community) -> Iterator[str]:
 
 
 def exchanges_csv(session: Session, community: Community) -> Iterator[str]:
-    """Every exchange as a CSV row (amounts in minor units; entries as `account:amount;...`)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for exchange, _, stored_hash in chain_links(session, community.id):
-        writer.writerow(
-            [
-                exchange.seq,
-                exchange.id,
-                rfc3339(exchange.created_at),
-                exchange.provider,
-                exchange.receiver,
-                exchange.amount,
-                exchange.description,
-                exchange.category or "",
-                exchange.external_id or "",
-                exchange.reverses or "",
-                ";".join(f"{e.account}:{e.amount}" for e in exchange.entries),
-                stored_hash,
-            ]
-        )
-        if buffer.tell() > 64 * 1024:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()
+    """Every exchange as a CSV row (amounts in minor units; entries as `account:amount;...`),
+    spreadsheet-safe as `protocoop.csv_rows` writes it."""
+    rows = (
+        [
+            exchange.seq,
+            exchange.id,
+            rfc3339(exchange.created_at),
+            exchange.provider,
+            exchange.receiver,
+            exchange.amount,
+            exchange.description,
+            exchange.category,
+            exchange.external_id,
+            exchange.reverses,
+            ";".join(f"{e.account}:{e.amount}" for e in exchange.entries),
+            stored_hash,
+        ]
+        for exchange, _, stored_hash in chain_links(session, community.id)
+    )
+    yield from csv_chunks(CSV_COLUMNS, rows)
