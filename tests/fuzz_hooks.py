@@ -7,6 +7,10 @@ the `hooks` setting of the generated config file; settings come in environment v
 - Generated Idempotency-Keys repeat a lot ("0", "00"), so most writes would only test key reuse
   (`422 idempotency_key_reused`, tested elsewhere): every other valid request gets a fresh one.
 - `wait` (long polling of the event feed) is capped at 1 s: the fuzzer is not testing patience.
+- Every other valid exchange posted (alone, in a batch, or proposed) carries metadata the API must
+  refuse or keep exactly: integers at and past 64 bits, nesting at and past the 32-level bound.
+  Its answer must be documented, never a 5xx.
+  (List cursors are forged through the `cursors` dictionary of tests/test_fuzz.py.)
 - Every answer's status is appended to a file, for the test's summary and its checks that the
   fuzzer reached real resources.
 """
@@ -28,7 +32,40 @@ ANSWERS = os.environ.get("PROTOCOOP_FUZZ_ANSWERS")
 MISSING_KEY = "key_0000000000000000"
 MAX_WAIT_S = 1
 
+EXCHANGE_POSTS = {
+    "POST /v1/communities/{community_id}/exchanges",
+    "POST /v1/communities/{community_id}/exchanges:batch",
+}
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        document = {"a": document}
+    return document
+
+
+def _nested_lists(levels: int) -> list[Any]:
+    document: list[Any] = []
+    for _ in range(levels - 1):
+        document = [document]
+    return document
+
+
+ODD_METADATA: list[dict[str, Any]] = [
+    {"n": 2**63 - 1, "m": -(2**63)},
+    {"n": 2**63},
+    {"n": [-(2**63) - 1]},
+    {"n": 10**40},
+    _nested(32),
+    _nested(33),
+    _nested(300),
+    {"a": _nested_lists(40)},
+]
+"""Metadata at and past what the API takes (64-bit integers, 32 levels)."""
+
 _calls = itertools.count()
+_odd = itertools.cycle(ODD_METADATA)
 _lock = threading.Lock()
 
 
@@ -52,9 +89,19 @@ def before_call(context: schemathesis.HookContext, case: schemathesis.Case, kwar
         case.headers = {**(case.headers or {}), "Accept": "text/csv"}
     if "Idempotency-Key" in (case.headers or {}) and _is_positive(case) and next(_calls) % 2:
         case.headers["Idempotency-Key"] = str(uuid.uuid4())
+    if label in EXCHANGE_POSTS and _is_positive(case) and next(_calls) % 2:
+        _give_odd_metadata(case.body)
     wait = (case.query or {}).get("wait")
     if isinstance(wait, int | float) and not isinstance(wait, bool) and wait > MAX_WAIT_S:
         case.query["wait"] = MAX_WAIT_S
+
+
+def _give_odd_metadata(body: Any) -> None:
+    """Put the next odd metadata into an exchange body, or the first item of a batch's."""
+    if isinstance(body, dict) and isinstance(body.get("exchanges"), list) and body["exchanges"]:
+        body = body["exchanges"][0]
+    if isinstance(body, dict):
+        body["metadata"] = next(_odd)
 
 
 @schemathesis.hook

@@ -298,7 +298,26 @@ def test_reversal_respects_upper_limits_too(api: Api, community: dict) -> None:
 
 def test_reversal_of_an_unknown_exchange_is_not_found(api: Api, community: dict) -> None:
     before = ledger_state(api)
-    problem(reverse(api, "00000000-0000-4000-8000-000000000000"), 404, "not_found")
+    for exchange_id in ("00000000-0000-4000-8000-000000000000", "not-a-uuid", "x" * 300):
+        problem(reverse(api, exchange_id), 404, "not_found")
+    assert ledger_state(api) == before
+
+
+def test_reversal_names_the_exchange_in_either_case(api: Api, community: dict) -> None:
+    original = posted(api, "alice", "bob", 8)
+    response = reverse(api, original["id"].upper())
+    assert response.status_code == 201, response.text
+    assert response.json()["reverses"] == original["id"]
+    assert balances(api) == {"@commons": 0, "alice": 0, "bob": 0, "carol": 0}
+    problem(reverse(api, original["id"]), 409, "invalid_state")
+
+
+def test_reversal_without_a_body_says_the_reason_is_missing(api: Api, community: dict) -> None:
+    original = posted(api, "alice", "bob", 8)
+    before = ledger_state(api)
+    body = problem(api.post(f"{EXCHANGES}/{original['id']}/reverse"), 422, "validation_error")
+    assert body["errors"], body
+    problem(api.post(f"{EXCHANGES}/not-a-uuid/reverse", json={"reason": "x"}), 404, "not_found")
     assert ledger_state(api) == before
 
 

@@ -57,6 +57,8 @@ UNREADABLE_MEMBER_BODIES: list[tuple[str, bytes, str | None]] = [
     ("1e400", _member(lower_limit="-1e400"), JSON),
     # unknown fields
     ("unknown field", _member(nickname='"D"'), JSON),
+    ("repeated key", _member(name='"Eve"'), JSON),
+    ("repeated key with the same value", _member(id='"dave"'), JSON),
     ("balance field", _member(balance="100"), JSON),
     # text the databases cannot store
     ("NUL in name", b'{"id":"dave","name":"Da\\u0000ve"}', JSON),
@@ -65,7 +67,7 @@ UNREADABLE_MEMBER_BODIES: list[tuple[str, bytes, str | None]] = [
     ("lone surrogate in id", b'{"id":"\\ud800","name":"Dave"}', JSON),
     ("NUL in id", b'{"id":"da\\u0000ve","name":"Dave"}', JSON),
     ("surrogate in unknown key", b'{"id":"dave","name":"Dave","\\ud800":1}', JSON),
-    ("name too long", _member(name='"' + "x" * 100_000 + '"'), JSON),
+    ("name too long", b'{"id":"dave","name":"' + b"x" * 100_000 + b'"}', JSON),
 ]
 
 
@@ -120,6 +122,51 @@ def test_wrongly_typed_community_fields_are_refused(api: Api) -> None:
     assert api.get("/v1/communities").json()["items"] == []
 
 
+def test_a_body_naming_a_key_twice_is_refused_wherever_it_is(
+    api: Api, community: dict[str, Any]
+) -> None:
+    """JSON parsers disagree on which of two repeated keys wins: the API takes neither."""
+    before = member_state(api, "riverside")
+    item = '{"provider":"alice","receiver":"bob","amount":1,"description":"x"'
+    for path, content in (
+        (f"{C}/exchanges", item + ',"amount":1000}'),
+        (f"{C}/exchanges:batch", '{"exchanges":[' + item + ',"receiver":"carol"}]}'),
+        (f"{C}/exchanges", item + ',"metadata":{"k":1,"k":2}}'),
+        ("/v1/api-keys", '{"role":"app","community":"riverside","role":"admin"}'),
+    ):
+        response = api.post(path, content=content, headers={"Content-Type": JSON})
+        body = validation_problem(response)
+        assert body["errors"][0]["loc"] == ["body"], body
+        assert "more than once" in body["errors"][0]["msg"], body
+    assert member_state(api, "riverside") == before
+    assert len(api.get("/v1/api-keys").json()["items"]) == 1  # the test's own admin key
+
+
+def test_every_operation_with_a_json_body_refuses_a_repeated_key(
+    api: Api, community: dict[str, Any]
+) -> None:
+    document = api.get("/openapi.json").json()
+    operations = [
+        (method, path)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
+    ]
+    assert len(operations) >= 8, operations
+    for method, path in operations:
+        concrete = path.format(
+            community_id="riverside",
+            member_id="alice",
+            exchange_id="00000000-0000-4000-8000-000000000000",
+            key_id="key_0000000000000000",
+        )
+        response = api.request(
+            method.upper(), concrete, content='{"x":1,"x":1}', headers={"Content-Type": JSON}
+        )
+        body = validation_problem(response)
+        assert "more than once" in body["errors"][0]["msg"], (method, path, body)
+
+
 def test_validation_errors_say_where_and_what(api: Api, community: dict[str, Any]) -> None:
     response = api.post(MEMBERS, json={"id": "dave", "name": "Dave", "lower_limit": "-7"})
     body = validation_problem(response)
@@ -151,7 +198,7 @@ def test_unicode_names_are_kept_exactly(api: Api, community: dict[str, Any]) -> 
 
 def test_bodies_over_one_mebibyte_are_refused_with_413(api: Api, community: dict[str, Any]) -> None:
     before = member_state(api, "riverside")
-    padded = _member(name='"' + "x" * 150 + '"')
+    padded = ('{"id":"dave","name":"' + "x" * 150 + '"}').encode()
     at_limit = padded + b" " * (ONE_MIB - len(padded))
     over = at_limit + b" "
 

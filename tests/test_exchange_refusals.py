@@ -136,6 +136,60 @@ def test_edges_of_description_and_metadata_are_accepted(ledger: Api) -> None:
     assert ledger.get(f"{EXCHANGES}/{unicode['id']}").json()["description"] == "Gemüse 🥕 für alle"
 
 
+def nested(levels: int) -> dict[str, Any]:
+    """A metadata object `levels` deep, itself the first level: {"a": {"a": ... {}}}."""
+    document: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        document = {"a": document}
+    return document
+
+
+def nested_lists(levels: int) -> dict[str, Any]:
+    """A metadata object holding lists, `levels` deep in all: {"a": [[...[]]]}."""
+    document: list[Any] = []
+    for _ in range(levels - 2):
+        document = [document]
+    return {"a": document}
+
+
+ODD_METADATA: dict[str, dict[str, Any]] = {
+    "an integer of 2^63": {"n": 2**63},
+    "an integer below -2^63": {"n": -(2**63) - 1},
+    "an integer of 2^64 in a list": {"n": [1, 2**64]},
+    "an integer of 30 digits": {"n": 10**30},
+    "nested 33 levels": nested(33),
+    "nested 253 levels": nested(253),
+    "lists nested 33 levels": nested_lists(33),
+    "lists nested 300 levels": nested_lists(300),
+}
+"""Metadata that neither the response encoder nor every JSON reader could take back."""
+
+
+def test_metadata_the_api_could_not_give_back_is_refused_everywhere(
+    ledger: Api, subtests: Any
+) -> None:
+    """Posts, batches and proposals alike: 422 naming `metadata`, and nothing recorded."""
+    with changes_nothing(ledger):
+        for case, metadata in ODD_METADATA.items():
+            item = exchange("alice", "bob", 1, metadata=metadata)
+            for kind, path, body in (
+                ("post", EXCHANGES, item),
+                ("batch", f"{EXCHANGES}:batch", {"exchanges": [item]}),
+                ("proposal", EXCHANGES, {**item, "pending": True}),
+            ):
+                with subtests.test(case=case, kind=kind):
+                    refused = problem(ledger.post(path, json=body), 422, "validation_error")
+                    assert any("metadata" in error["loc"] for error in refused["errors"])
+
+
+def test_metadata_at_its_bounds_is_kept_exactly(ledger: Api) -> None:
+    # 32 levels in all, the metadata object counting as the first.
+    metadata = {"most": 2**63 - 1, "least": -(2**63), "deep": nested(31), "lists": nested_lists(31)}
+    record = posted(ledger, "alice", "bob", 1, metadata=metadata)
+    assert record["metadata"] == metadata
+    assert ledger.get(f"{EXCHANGES}/{record['id']}").json()["metadata"] == metadata
+
+
 INVALID_BODIES: dict[str, dict[str, Any]] = {
     "amount zero": exchange("alice", "bob", 0),
     "amount negative": exchange("alice", "bob", -5),

@@ -1,7 +1,8 @@
 """Fuzzing: schemathesis sends generated requests — valid ones, and invalid ones on purpose — to
 every operation of a real `protocoop serve`, read from its live `/openapi.json`, as a key of every
 role (admin, and the treasurer, app and auditor of a community with members and exchanges, so that
-paths reach real resources). No answer may be a 5xx; every answer must have a documented status,
+paths reach real resources); list cursors are often forged ones and exchange metadata often odd
+(tests/fuzz_hooks.py). No answer may be a 5xx; every answer must have a documented status,
 content type (`application/problem+json` for problems, `text/csv` when asked for where documented),
 headers and body schema; invalid input must be refused; a request without the key gets 401; a
 method a path does not have gets 405 with `Allow`. Afterwards every community's audit is ok and
@@ -16,6 +17,7 @@ phases, `PROTOCOOP_FUZZ_EXAMPLES` (default 20) generated requests per operation.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -65,6 +67,30 @@ CHECKS = [
 without the key; 405 with `Allow` for other methods; (stateful) deleted things stay deleted and
 created ones can be read."""
 CSV = "text/csv"
+
+
+def _cursor(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _position(position: dict[str, Any]) -> str:
+    return _cursor(json.dumps(position).encode())
+
+
+FORGED_CURSORS = [
+    _cursor(b"[" * 1536),  # deeper than the JSON parser's stack, as long as a cursor may be
+    _cursor(b'{"after_seq":' + b"9" * 400 + b"}"),
+    _position({"after_time": "2026-01-01T00:00:00", "after_id": "x"}),  # a naive time
+    _position({"after_time": "2026-01-01", "after_id": "x"}),  # a date
+    _position({"after_time": "9999-12-31T23:59:59-05:00", "after_id": "x"}),
+    _position({"after_seq": 2**64}),
+    _position({"after_seq": True}),
+    _position({"from_seq": 5, "to_seq": 1, "after_seq": 3}),  # a window that ends before it starts
+    _position({"as_of_seq": 10**6, "after": "a"}),
+    _position({"after": ["a"]}),
+    _position({"before": 1e308}),
+]
+"""Cursors no list gave out, shaped to reach what a cursor's contents could break."""
 
 
 def _admin(server: LiveServer, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -178,6 +204,7 @@ def _config(target: FuzzTarget, role: str, resources: dict[str, list[Any]]) -> d
         "dictionaries": {
             **{name: {"values": values} for name, values in resources.items()},
             "amounts": {"values": [1, 2, 3, 5, 8]},
+            "cursors": {"values": FORGED_CURSORS},
         },
         # Real resources most of the time, so that requests get past "not found"; generated
         # values the rest of the time.
@@ -187,6 +214,7 @@ def _config(target: FuzzTarget, role: str, resources: dict[str, list[Any]]) -> d
             "path.exchange_id": {"dictionary": "exchanges", "probability": 0.8},
             "path.key_id": {"dictionary": "keys", "probability": 0.8},
             "query.member": {"dictionary": "members", "probability": 0.5},
+            "query.cursor": {"dictionary": "cursors", "probability": 0.5},
             "body.community": {"dictionary": "communities", "probability": 0.5},
             "body.provider": members,
             "body.receiver": members,

@@ -351,6 +351,19 @@ def test_a_window_that_is_not_a_time_is_refused(api: Api, community: dict[str, A
     problem(api.get(MUTUALITY, params={"since": "last tuesday"}), 422, "validation_error")
 
 
+def test_a_window_that_ends_before_it_starts_is_refused(
+    api: Api, community: dict[str, Any]
+) -> None:
+    posted(api, "alice", "bob", 5)
+    backwards = {"since": "2026-06-02T00:00:00Z", "until": "2026-06-01T23:59:59+00:00"}
+    for path in (MUTUALITY, f"{C}/members/alice/mutuality"):
+        body = problem(api.get(path, params=backwards), 422, "validation_error")
+        assert ["query", "since"] in [error["loc"] for error in body["errors"]]
+    empty = {"since": "2026-06-01T00:00:00Z", "until": "2026-06-01T00:00:00Z"}
+    assert report(api, **empty)["indicators"]["volume"] == 0
+    assert member_report(api, "alice", **empty)["given"] == 0
+
+
 def test_report_shows_the_twenty_most_imbalanced_pairs_of_many(
     api: Api, community: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

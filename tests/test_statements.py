@@ -114,6 +114,27 @@ def test_statement_pages_follow_the_cursor_in_the_same_window(
     assert first["opening_balance"] == second["opening_balance"] == 0
 
 
+def test_statement_refuses_a_cursor_whose_window_is_not_one_it_gave(
+    api: Api, history: list[dict[str, Any]]
+) -> None:
+    head = len(history)
+    for position in (
+        {"from_seq": 5, "to_seq": 2, "after_seq": 3},  # a window that ends before it starts
+        {"from_seq": 2, "to_seq": 5, "after_seq": 1},  # a page before the window
+        {"from_seq": 2, "to_seq": 5, "after_seq": 6},  # a page after it
+        {"from_seq": 0, "to_seq": head + 1, "after_seq": 1},  # beyond the ledger
+    ):
+        for accept in ("application/json", "text/csv"):
+            response = api.get(
+                STATEMENT, params={"cursor": forged_cursor(position)}, headers={"Accept": accept}
+            )
+            problem(response, 422, "validation_error")
+    inside = forged_cursor({"from_seq": 0, "to_seq": head, "after_seq": 2})
+    page = api.get(STATEMENT, params={"cursor": inside})
+    assert page.status_code == 200, page.text
+    assert page.json()["items"][0]["seq"] == 4
+
+
 def test_statement_as_csv_gives_the_whole_window(api: Api, history: list[dict[str, Any]]) -> None:
     response = api.get(
         STATEMENT,

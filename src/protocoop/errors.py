@@ -112,8 +112,22 @@ class PayloadTooLarge(ProblemError):
     status, code, title = 413, "payload_too_large", "The request body is too large"
 
 
+class RequestTimeout(ProblemError):
+    status, code, title = 408, "request_timeout", "The request did not arrive in time"
+
+
+class HeadersTooLarge(ProblemError):
+    status, code, title = 431, "headers_too_large", "The request's header fields are too large"
+
+
 class UnsupportedMediaType(ProblemError):
     status, code, title = 415, "unsupported_media_type", "The request body must be JSON"
+
+
+class CorsRefused(ProblemError):
+    """A browser's CORS preflight asked for an origin, method or header not allowed."""
+
+    status, code, title = 400, "cors_refused", "The cross-origin request is not allowed"
 
 
 class RateLimited(ProblemError):
@@ -132,6 +146,19 @@ class Unavailable(ProblemError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "1"}
+
+
+class SchemaNotMigrated(Unavailable):
+    """The database holds no protocoop schema (never migrated): retrying cannot help until an
+    operator runs `protocoop db upgrade`, so no `Retry-After`."""
+
+    advice: ClassVar[str] = "the database schema is not migrated: run protocoop db upgrade"
+
+    def __init__(self) -> None:
+        super().__init__("The database schema is not migrated: run `protocoop db upgrade`.")
+
+    def headers(self) -> dict[str, str]:
+        return {}
 
 
 class InternalError(ProblemError):

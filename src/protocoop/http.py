@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -14,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from protocoop.db.engine import schema_missing
 from protocoop.errors import (
     PROBLEM_CONTENT_TYPE,
     Forbidden,
@@ -22,6 +24,8 @@ from protocoop.errors import (
     NotFound,
     PayloadTooLarge,
     ProblemError,
+    RequestTimeout,
+    SchemaNotMigrated,
     Unauthorized,
     Unavailable,
     UnsupportedMediaType,
@@ -49,7 +53,14 @@ async def _on_problem(_: Request, error: Exception) -> Response:
 async def _on_validation(request: Request, error: Exception) -> Response:
     assert isinstance(error, RequestValidationError)
     content_type = request.headers.get("content-type", "")
-    if request.method in ("POST", "PATCH", "PUT") and "json" not in content_type.lower():
+    # Only a complaint about the body can come from its not being JSON; a bad path or query
+    # parameter of a body-less POST (a settle) is reported as itself.
+    about_body = any(tuple(item.get("loc", ()))[:1] == ("body",) for item in error.errors())
+    if (
+        about_body
+        and request.method in ("POST", "PATCH", "PUT")
+        and "json" not in content_type.lower()
+    ):
         return _problem(
             ValidationFailed(
                 [
@@ -110,6 +121,9 @@ async def _on_http_exception(request: Request, error: Exception) -> Response:
 
 
 async def _on_database_error(_: Request, error: Exception) -> Response:
+    if schema_missing(error):
+        log.warning("%s", SchemaNotMigrated.advice)
+        return _problem(SchemaNotMigrated())
     log.error("database error reached the edge: %s", error)
     return _problem(
         Unavailable("The database could not complete the request; retry with the same key.")
@@ -133,11 +147,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over `max_bytes` with 413 before the application reads them."""
+    """Refuse request bodies over `max_bytes` with 413, and bodies that take more than
+    `timeout_s` to arrive with 408, before the application reads them."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -145,23 +161,18 @@ class BodyLimitMiddleware:
             return
         declared = _header(scope, b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, self._too_large())
             return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._refuse(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                body = await self._read_body(receive)
+        except TimeoutError:
+            late = RequestTimeout(f"A request body must arrive within {self.timeout_s:g} seconds.")
+            await self._refuse(scope, receive, send, late)
+            return
+        if body is None:
+            await self._refuse(scope, receive, send, self._too_large())
+            return
         delivered = False
 
         async def replay() -> Message:
@@ -173,9 +184,31 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = PayloadTooLarge(f"Request bodies are limited to {self.max_bytes} bytes.")
-        await render_problem(limit).to_response(Connection="close")(scope, receive, send)
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body (None: more than `max_bytes`)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"Request bodies are limited to {self.max_bytes} bytes.")
+
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, problem: ProblemError
+    ) -> None:
+        """Answer `problem` and close the connection (the rest of the body is not read)."""
+        await render_problem(problem).to_response(Connection="close")(scope, receive, send)
 
 
 class RequestIdMiddleware:

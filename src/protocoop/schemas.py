@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from protocoop.clock import rfc3339
+from protocoop.errors import NotFound
 from protocoop.money import MAX_AMOUNT, MAX_LIMIT
 
 COMMUNITY_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
@@ -37,13 +38,27 @@ AccountId = Annotated[str, StringConstraints(pattern=ACCOUNT_ID_PATTERN), Strict
 """A member id, or a system account id such as `@commons`."""
 
 EXCHANGE_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_EXCHANGE_ID = re.compile(EXCHANGE_ID_PATTERN)
 
 MemberPath = Annotated[
     str,
     Path(pattern=ACCOUNT_ID_PATTERN, description="A member id, or a system account (@commons)."),
 ]
-ExchangePath = Annotated[str, Path(pattern=EXCHANGE_ID_PATTERN, description="An exchange id.")]
+ExchangePath = Annotated[
+    str, Path(description="An exchange id (a UUID; its letters may be in either case).")
+]
+"""Any text: `exchange_id_in_path` reads it (an id that cannot exist is not found, not invalid)."""
 KeyPath = Annotated[str, Path(pattern=r"^key_[0-9a-f]{16}$", description="An API key id.")]
+
+
+def exchange_id_in_path(value: str) -> str:
+    """The exchange id a path names: ids are lower-case UUIDs, matched in either case. Text that
+    is no UUID names no exchange: `404 not_found`, as for an id that does not exist."""
+    exchange_id = value.lower()
+    if not _EXCHANGE_ID.fullmatch(exchange_id):
+        raise NotFound(f"Exchange {value!r} not found.")
+    return exchange_id
+
 
 Amount = Annotated[int, Strict(), Field(gt=0, le=MAX_AMOUNT)]
 """A positive amount in minor units, at most 10^15."""
@@ -95,16 +110,18 @@ def is_storable_text(value: str) -> bool:
 
 
 def _refuse_unstorable_text(value: Any) -> Any:
-    if isinstance(value, str):
-        if not is_storable_text(value):
-            raise ValueError("text must be valid UTF-8 without NUL characters")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _refuse_unstorable_text(key)
-            _refuse_unstorable_text(item)
-    elif isinstance(value, list):
-        for item in value:
-            _refuse_unstorable_text(item)
+    # Iterative: a body nested as deep as the JSON parser allows must not exhaust the stack.
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if not is_storable_text(item):
+                raise ValueError("text must be valid UTF-8 without NUL characters")
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
     return value
 
 

@@ -18,10 +18,14 @@ import hashlib
 import re
 
 from fastapi import FastAPI
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocoop.config import Settings
+from protocoop.errors import CorsRefused
+from protocoop.responses import render_problem
 
 API_CONTENT_SECURITY_POLICY = (
     "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
@@ -137,6 +141,23 @@ def with_security_headers(
     return [*headers, *added]
 
 
+class ProblemCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, except that a refused preflight is a problem document (`400
+    cors_refused`) like every other error, not a line of plain text."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        refused = CorsRefused(f"{bytes(response.body).decode()} for this server.")
+        kept = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in ("content-type", "content-length")
+        }
+        return render_problem(refused).to_response(**kept)
+
+
 def install(app: FastAPI, settings: Settings) -> None:
     """Add CORS (when origins are configured) and the security headers as the outermost
     middleware, so that preflight answers and every error carry the headers too. (The one
@@ -144,7 +165,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     origins = settings.cors_origin_list
     if origins:
         app.add_middleware(
-            CORSMiddleware,
+            ProblemCORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"],

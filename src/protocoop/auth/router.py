@@ -11,11 +11,12 @@ from protocoop.auth import service
 from protocoop.auth.deps import DatabaseDep, KeyManager
 from protocoop.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
 from protocoop.idempotency import GLOBAL_SCOPE, IdempotencyDep, respond
+from protocoop.json_bodies import StrictJSONRoute
 from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
 from protocoop.responses import Rendered, problem_responses, render
 from protocoop.schemas import KeyPath, Page
 
-router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
+router = APIRouter(prefix="/v1/api-keys", tags=["api keys"], route_class=StrictJSONRoute)
 
 
 @router.post(

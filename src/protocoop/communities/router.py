@@ -8,11 +8,12 @@ from protocoop.auth.deps import Admin, DatabaseDep, Manager, PrincipalDep, Reade
 from protocoop.communities import service
 from protocoop.communities.schemas import CommunityCreate, CommunityPublic, CommunityUpdate
 from protocoop.idempotency import GLOBAL_SCOPE, IdempotencyDep, respond
+from protocoop.json_bodies import StrictJSONRoute
 from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
 from protocoop.responses import problem_responses, render
 from protocoop.schemas import Page
 
-router = APIRouter(prefix="/v1/communities", tags=["communities"])
+router = APIRouter(prefix="/v1/communities", tags=["communities"], route_class=StrictJSONRoute)
 
 
 @router.post(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, Strict, StrictBool, StringConstraints, model_validator
@@ -15,11 +16,41 @@ DEFAULT_EXPIRES_IN = 7 * 24 * 3600
 MAX_EXPIRES_IN = 90 * 24 * 3600
 
 
+MAX_METADATA_DEPTH = 32
+"""Levels of nesting in `metadata`, the object itself counting as the first."""
+MIN_METADATA_INT, MAX_METADATA_INT = -(2**63), 2**63 - 1
+"""Integers in `metadata` are signed 64-bit, as every JSON reader and both databases take them."""
+
+
+def _metadata_problem(value: Any) -> str | None:
+    """Why `value` cannot be kept as metadata (None: it can): nested too deep, an integer past
+    64 bits, a float that is not finite. Iterative, so no input can exhaust the stack."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_METADATA_DEPTH:
+                return f"metadata may be nested at most {MAX_METADATA_DEPTH} levels deep"
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+        elif isinstance(item, bool) or item is None or isinstance(item, str):
+            continue
+        elif isinstance(item, int):
+            if not MIN_METADATA_INT <= item <= MAX_METADATA_INT:
+                return "metadata integers must fit in 64 bits (-2^63 to 2^63 - 1)"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "metadata must be plain JSON (no NaN or Infinity)"
+        else:
+            return "metadata must be plain JSON"
+    return None
+
+
 def _small_json_object(value: dict[str, Any]) -> dict[str, Any]:
-    try:
-        encoded = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-    except ValueError as error:
-        raise ValueError("metadata must be plain JSON (no NaN or Infinity)") from error
+    problem = _metadata_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")
     return value
@@ -45,7 +76,11 @@ class ExchangeCreate(RequestModel):
     occurred_at: Timestamp | None = Field(
         default=None, description="When it happened (default: when it is recorded)."
     )
-    metadata: Metadata | None = Field(default=None, description="A JSON object, at most 4 KiB.")
+    metadata: Metadata | None = Field(
+        default=None,
+        description="A JSON object, at most 4 KiB, nested at most 32 levels deep, its integers "
+        "within signed 64 bits.",
+    )
     pending: StrictBool = Field(
         default=False,
         description="Propose instead of record: the amount is reserved until the other side "

@@ -8,13 +8,18 @@ from fastapi import APIRouter, Query, Request, Response
 
 from protocoop.auth.deps import DatabaseDep, Manager, Reader
 from protocoop.idempotency import IdempotencyDep, respond
+from protocoop.json_bodies import StrictJSONRoute
 from protocoop.members import service
 from protocoop.members.schemas import MemberCreate, MemberPublic, MemberStatus, MemberUpdate
 from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
 from protocoop.responses import problem_responses, render
 from protocoop.schemas import MemberPath, Page
 
-router = APIRouter(prefix="/v1/communities/{community_id}/members", tags=["members"])
+router = APIRouter(
+    prefix="/v1/communities/{community_id}/members",
+    tags=["members"],
+    route_class=StrictJSONRoute,
+)
 
 
 @router.post(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from protocoop.auth.deps import DatabaseDep, Overseer, Reader
+from protocoop.errors import ValidationFailed
 from protocoop.mutuality import service
 from protocoop.mutuality.schemas import MemberMutualityPublic, MutualityPublic
 from protocoop.responses import problem_responses
@@ -18,6 +20,14 @@ Since = Annotated[Timestamp | None, Query(description="Window start (inclusive),
 Until = Annotated[Timestamp | None, Query(description="Window end (exclusive), RFC 3339.")]
 
 
+def _require_window(since: datetime | None, until: datetime | None) -> None:
+    """A window [since, until) must not end before it starts."""
+    if since is not None and until is not None and since > until:
+        raise ValidationFailed(
+            [{"loc": ["query", "since"], "msg": "since must not be later than until"}]
+        )
+
+
 @router.get(
     "/mutuality", response_model=MutualityPublic, responses=problem_responses(401, 403, 404, 422)
 )
@@ -26,6 +36,7 @@ def community_mutuality(
 ) -> MutualityPublic:
     """Does mutuality hold? Integrity, zero sum and limits decide; reciprocity per member and
     pair, and community indicators, describe. Reversed exchanges are not counted."""
+    _require_window(since, until)
     with db.read() as session:
         return service.community_mutuality(session, community_id, since, until)
 
@@ -44,5 +55,6 @@ def member_mutuality(
     until: Until = None,
 ) -> MemberMutualityPublic:
     """One member's reciprocity, overall and with each partner."""
+    _require_window(since, until)
     with db.read() as session:
         return service.member_mutuality_document(session, community_id, member_id, since, until)
