@@ -175,6 +175,25 @@ def test_restore_refuses_what_is_not_a_backup_in_one_line(
     assert "does not exist" in stderr
 
 
+def test_backup_refuses_to_overwrite_a_file_unless_forced(
+    backend: str, fresh_database_url: str, tmp_path: Path
+) -> None:
+    existing = tmp_path / "precious.txt"
+    existing.write_bytes(b"last week's backup\n")
+    status, stderr = protocoop(fresh_database_url, "backup", "--output", str(existing))
+    assert status == 1
+    assert stderr.startswith("error: ")
+    assert len(stderr.strip().splitlines()) == 1
+    assert str(existing) in stderr
+    assert "--force" in stderr
+    assert existing.read_bytes() == b"last week's backup\n"
+
+    status, stderr = protocoop(fresh_database_url, "backup", "--output", str(existing), "--force")
+    assert status == 0, stderr
+    magic = b"SQLite format 3\x00" if backend == "sqlite" else b"PGDMP"
+    assert existing.read_bytes().startswith(magic)
+
+
 @pytest.mark.parametrize("backend", ["postgresql"])
 def test_backup_without_pg_dump_on_path_says_so_in_one_line(
     fresh_database_url: str, tmp_path: Path

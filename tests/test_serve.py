@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 PROTOCOOP = Path(sys.executable).parent / "protocoop"
 READY_TIMEOUT_S = 60.0
@@ -86,3 +87,66 @@ def test_serve_migrates_a_new_sqlite_file_and_serves_the_docs(tmp_path: Path) ->
     # a graceful shutdown (uvicorn re-raises SIGTERM once it has finished, so -15 is normal)
     assert server.returncode in (0, -signal.SIGTERM), log.read_text()
     assert "Application shutdown complete" in log.read_text()
+
+
+@pytest.mark.slow
+def test_serve_on_a_database_never_migrated_says_to_run_db_upgrade(
+    backend: str, empty_database_url: str, tmp_path: Path
+) -> None:
+    """At start, in its log; then every API request is 503 with that advice and no advice to
+    retry (retrying cannot help), and `/readyz` is not ready."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROTOCOOP_")}
+    env["PROTOCOOP_DATABASE_URL"] = empty_database_url
+    env["PROTOCOOP_AUTO_MIGRATE"] = "false"
+    if backend == "sqlite":
+        Path(make_url(empty_database_url).database or "").touch()  # a database, no schema
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    with log.open("wb") as output:
+        server = subprocess.Popen(
+            [str(PROTOCOOP), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            try:
+                if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert "the database schema is not migrated: run protocoop db upgrade" in log.read_text()
+
+        assert httpx.get(f"{base_url}/readyz", timeout=10).status_code == 503
+        token = "pcp_" + "x" * 43
+        for method, path in (
+            ("GET", "/v1/communities"),
+            ("POST", "/v1/communities/riverside/exchanges"),
+        ):
+            response = httpx.request(
+                method,
+                f"{base_url}{path}",
+                headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "k-1"},
+                json={"provider": "alice", "receiver": "bob", "amount": 1, "description": "x"},
+                timeout=10,
+            )
+            assert response.status_code == 503, response.text
+            problem = response.json()
+            assert problem["code"] == "unavailable"
+            assert "not migrated" in problem["detail"]
+            assert "protocoop db upgrade" in problem["detail"]
+            assert "retry" not in problem["detail"].lower()
+            assert "retry-after" not in response.headers
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

@@ -93,6 +93,29 @@ def test_impossible_settings_are_refused(
         monkeypatch.delenv(name)
 
 
+def test_only_sqlite_and_postgresql_urls_are_accepted_and_a_refusal_hides_the_password(
+    clean_environment: Path,
+) -> None:
+    for url in (
+        "sqlite:///./protocoop.db",
+        "sqlite+pysqlite:////srv/protocoop/protocoop.db",
+        "postgresql://ledger:s3cret@db/protocoop",
+        "postgresql+psycopg://ledger:s3cret@db:5432/protocoop?sslmode=require",
+    ):
+        assert Settings(database_url=url).database_url == url  # type: ignore[call-arg]
+    for url in (
+        "mysql://ledger:s3cret@db.example.org/protocoop",
+        "postgresql+asyncpg://ledger:s3cret@db/protocoop",
+        "sqlite+aiosqlite:///./protocoop.db",
+        "mysql//ledger:s3cret@db",  # not even a URL
+    ):
+        with pytest.raises(ValidationError) as refused:
+            Settings(database_url=url)  # type: ignore[call-arg]
+        assert "unsupported database URL" in str(refused.value), url
+        assert "(sqlite or postgresql" in str(refused.value), url
+        assert "s3cret" not in str(refused.value), url
+
+
 @pytest.mark.parametrize(("synchronous", "level"), [("FULL", 2), ("NORMAL", 1), ("EXTRA", 3)])
 def test_every_sqlite_connection_gets_the_ledger_pragmas(
     tmp_path: Path, synchronous: str, level: int

@@ -5,17 +5,24 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 SqliteSynchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+METRICS_TOKEN_MIN_LENGTH = 16
 
 
 class Settings(BaseSettings):
     """How one protocoop process is configured."""
 
     model_config = SettingsConfigDict(
-        env_prefix="PROTOCOOP_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="PROTOCOOP_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        hide_input_in_errors=True,  # a database URL holds a password
     )
 
     database_url: str = "sqlite:///./protocoop.db"
@@ -43,13 +50,24 @@ class Settings(BaseSettings):
     db_retry_attempts: int = Field(default=5, ge=1)
     """Deadlocks and serialization failures are retried this many times before 503."""
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest request head (request line and header fields) `serve` reads; a larger one is
+    answered 431 and its connection closed, before the rest is read."""
+    max_headers: int = Field(default=100, ge=10)
+    """Most header fields a request may have (431 beyond)."""
+    header_timeout_s: float = Field(default=10, gt=0)
+    """How long `serve` waits for a request head to arrive, from its first byte (or from the
+    connection's opening) to its end, before answering 408 and closing the connection."""
+    body_timeout_s: float = Field(default=30, gt=0)
+    """How long a request body may take to arrive, in all, before 408 and closing."""
     group_commit_max: int = Field(default=256, ge=1)
     """Most posting requests one group-commit transaction records."""
     writer_lanes: int = Field(default=4, ge=1)
     """Group-commit writer threads per process on PostgreSQL (a community always uses the same
     one); SQLite always uses one."""
     auth_cache_s: float = Field(default=2, ge=0)
-    """How long a process trusts a token it has checked, for reads and posts (0: never)."""
+    """How long a process remembers whose a token is, so reads and posts skip a lookup (0: never).
+    A revoked key is refused on its next request however long this is."""
     expiry_sweep_s: float = Field(default=30, ge=0)
     """How often the server releases expired pending exchanges (0: only lazily, on access)."""
     idempotency_retention_hours: int = Field(default=48, ge=24)
@@ -60,6 +78,28 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=0, ge=0)
     """Requests each API key may make per minute in this process (bursts up to that many);
     0: no limit."""
+    metrics_token: SecretStr | None = None
+    """A bearer token (16 characters or more) that may read `/metrics`, for a Prometheus
+    scraper; admin keys may read it too. Unset or empty: admin keys only."""
+    metrics_public: bool = False
+    """Serve `/metrics` to anyone without a key (it shows every community's activity)."""
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_metrics_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is None or not token.get_secret_value():
+            return None
+        if len(token.get_secret_value()) < METRICS_TOKEN_MIN_LENGTH:
+            raise ValueError(
+                f"the metrics token must be at least {METRICS_TOKEN_MIN_LENGTH} characters "
+                "(e.g. the output of `openssl rand -hex 32`)"
+            )
+        return token
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, url: str) -> str:
+        return supported_database_url(url)
 
     @model_validator(mode="after")
     def _default_auto_migrate(self) -> Settings:
@@ -75,6 +115,32 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+_SUPPORTED_DRIVERS = {
+    ("sqlite", ""),
+    ("sqlite", "pysqlite"),
+    ("postgresql", ""),
+    ("postgresql", "psycopg"),
+}
+"""(backend, driver) pairs protocoop runs on; an empty driver is SQLAlchemy's default."""
+
+
+def supported_database_url(url: str) -> str:
+    """`url` when protocoop can use it (SQLite, or PostgreSQL through psycopg), else a
+    `ValueError` that shows the URL without its password."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise ValueError(
+            "unsupported database URL: it is not a URL (sqlite or postgresql, e.g. "
+            "sqlite:///./protocoop.db or postgresql+psycopg://user@host/db)"
+        ) from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if (backend, driver) not in _SUPPORTED_DRIVERS:
+        shown = parsed.render_as_string(hide_password=True)
+        raise ValueError(f"unsupported database URL {shown} (sqlite or postgresql)")
+    return url
 
 
 @lru_cache
