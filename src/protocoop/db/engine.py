@@ -8,6 +8,9 @@ Two ways into the database:
   a lock upgrade; on PostgreSQL, deadlocks and serialization failures are retried a bounded number
   of times. A database that cannot be reached, or a lock not granted in time, becomes `Unavailable`
   (503), which clients may retry with the same Idempotency-Key.
+- A connection the database closed before COMMIT (a restart, `pg_terminate_backend`) becomes
+  `ConnectionLost`, which `run_write` and `run_read` answer by running the work again on a new
+  connection (`protocoop.db.reconnect`).
 """
 
 from __future__ import annotations
@@ -28,15 +31,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from protocoop.config import Settings
-from protocoop.db.watchdog import Watchdog
+from protocoop.db.reconnect import ConnectionLost, connection_lost
+from protocoop.db.watchdog import Watchdog, cut_by_watchdog
 from protocoop.db.watchdog import install as install_watchdog
-from protocoop.errors import Unavailable
+from protocoop.errors import SchemaNotMigrated, Unavailable
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+_UNDEFINED_TABLE = "42P01"
 _SQLITE_BEGIN = "protocoop_sqlite_begin"
 
 
@@ -132,10 +137,29 @@ def is_retryable(error: DBAPIError) -> bool:
     return getattr(error.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES
 
 
+def lost_connection(error: DBAPIError) -> bool:
+    """The database closed the connection (SQLAlchemy has discarded it and every pooled
+    connection opened before it), rather than stopped answering or refused the work."""
+    return error.connection_invalidated and not cut_by_watchdog(error)
+
+
+def schema_missing(error: BaseException) -> bool:
+    """Whether `error` says a table protocoop needs does not exist: the database was never
+    migrated (PostgreSQL `undefined_table`, SQLite `no such table`). Retrying cannot help."""
+    if not isinstance(error, DBAPIError):
+        return False
+    if getattr(error.orig, "sqlstate", None) == _UNDEFINED_TABLE:
+        return True
+    return str(error.orig).startswith("no such table")
+
+
 def as_unavailable(error: DBAPIError | PoolTimeout) -> Exception:
     """The error to show a client for a database failure that is not its fault."""
     if isinstance(error, IntegrityError):
         return error
+    if schema_missing(error):
+        log.warning("%s", SchemaNotMigrated.advice)
+        return SchemaNotMigrated()
     reason = error.orig if isinstance(error, DBAPIError) else error
     log.warning("database unavailable: %s", _first_line(reason))
     return Unavailable(detail="The database is unavailable; retry with the same Idempotency-Key.")
@@ -179,8 +203,24 @@ class Database:
         try:
             with self._reader() as session, session.begin():
                 yield session
-        except (DBAPIError, PoolTimeout) as error:
+        except DBAPIError as error:
+            if lost_connection(error):
+                raise connection_lost(error.orig) from error
             raise as_unavailable(error) from error
+        except PoolTimeout as error:
+            raise as_unavailable(error) from error
+
+    def run_read(self, work: Callable[[Session], T]) -> T:
+        """Run `work` in a read transaction, again on a new connection if it lost its own."""
+        attempts = self.settings.db_retry_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.read() as session:
+                    return work(session)
+            except ConnectionLost:
+                if attempt == attempts:
+                    raise
+        raise AssertionError("unreachable")
 
     @contextmanager
     def write(self) -> Iterator[Session]:
@@ -193,12 +233,17 @@ class Database:
             timeout = self.settings.sqlite_busy_timeout_ms / 1000
             if not self._sqlite_writer.acquire(timeout=timeout):
                 raise Unavailable("The database is busy; retry with the same Idempotency-Key.")
+        committing = False
         try:
             with self._writer() as session, session.begin():
                 yield session
+                session.flush()
+                committing = True  # from here on, a lost connection leaves the outcome unknown
         except DBAPIError as error:
             if is_retryable(error) or isinstance(error, IntegrityError):
                 raise
+            if not committing and lost_connection(error):
+                raise connection_lost(error.orig) from error
             raise as_unavailable(error) from error
         except PoolTimeout as error:  # every connection busy for `pool_timeout`: not a 500
             raise as_unavailable(error) from error
@@ -207,12 +252,17 @@ class Database:
                 self._sqlite_writer.release()
 
     def run_write(self, work: Callable[[Session], T]) -> T:
-        """Run `work` in a write transaction, retrying deadlocks and serialization failures."""
+        """Run `work` in a write transaction, retrying deadlocks and serialization failures, and
+        a transaction whose connection was lost before COMMIT (on a new connection)."""
         attempts = self.settings.db_retry_attempts
         for attempt in range(1, attempts + 1):
             try:
                 with self.write() as session:
                     return work(session)
+            except ConnectionLost:
+                if attempt == attempts:
+                    raise
+                continue
             except DBAPIError as error:
                 if not is_retryable(error):
                     raise

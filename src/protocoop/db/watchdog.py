@@ -10,8 +10,9 @@ group-commit writer, would hang with it.
 while the pool pings a connection before handing it out); one thread shuts down the socket of a
 connection whose deadline passes. The driver then fails at once as if the server had closed the
 connection; SQLAlchemy sees a disconnect and discards the connection, and the request is answered
-`503 unavailable` like any lost connection. Rows fetched while a result is streamed are not
-watched (only the statement that produced them), so a long export is never cut short.
+`503 unavailable` (not run again, as work on a connection the server closed is: this server
+hangs). Rows fetched while a result is streamed are not watched (only the statement that
+produced them), so a long export is never cut short.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import math
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -48,6 +50,13 @@ class Watchdog:
         self._next_check = math.inf
         """When the thread looks next (it need not be woken for a later deadline)."""
         self._thread: threading.Thread | None = None
+        self._cut: weakref.WeakSet[Any] = weakref.WeakSet()
+        """Driver connections this watchdog cut off."""
+
+    def cut(self, driver_connection: Any) -> bool:
+        """Whether this watchdog cut `driver_connection` off (the server did not answer)."""
+        with self._wake:
+            return driver_connection in self._cut
 
     def arm(self, driver_connection: Any, limit_s: float | None = None) -> None:
         """Watch `driver_connection` until `disarm`, for at most `limit_s` (default: the
@@ -85,6 +94,7 @@ class Watchdog:
                 overdue = [key for key, armed in self._armed.items() if armed[0] <= now]
                 for key in overdue:
                     _, limit_s, driver_connection = self._armed.pop(key)
+                    self._cut.add(driver_connection)
                     _break(driver_connection, limit_s)
                 self._next_check = min(
                     (armed[0] for armed in self._armed.values()), default=math.inf
@@ -121,10 +131,17 @@ def _driver(connection: Connection | None) -> Any:
 
 PING_IDLE_S = 1.0
 """A connection back in the pool for less than this is handed out without a ping (like
-HikariCP's `aliveBypassWindowMs`). Should the server have gone away in that second, the
-statement fails instead, SQLAlchemy discards the pool's connections, and the request answers
-`503 unavailable` like any lost connection."""
+HikariCP's `aliveBypassWindowMs`). Should the server have closed it in that second, the
+statement fails instead, SQLAlchemy discards the pool's connections, and the transaction runs
+again on a new one (`protocoop.db.reconnect`)."""
 _RETURNED_AT = "protocoop_returned_at"
+_CUT = "protocoop_cut_by_watchdog"
+
+
+def cut_by_watchdog(error: BaseException) -> bool:
+    """Whether `error` is the failure of a statement whose connection the watchdog cut off
+    because the server did not answer in time (a hung server, not a closed connection)."""
+    return bool(getattr(error, _CUT, False))
 
 
 def install(engine: Engine, watchdog: Watchdog, *, ping: bool) -> None:
@@ -153,6 +170,8 @@ def install(engine: Engine, watchdog: Watchdog, *, ping: bool) -> None:
         driver_connection = _driver(context.connection)
         if driver_connection is not None:
             watchdog.disarm(driver_connection)
+            if context.sqlalchemy_exception is not None and watchdog.cut(driver_connection):
+                setattr(context.sqlalchemy_exception, _CUT, True)
 
     # Disarmed when the connection goes back to the pool (after its reset).
     @event.listens_for(engine, "commit")
