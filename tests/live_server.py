@@ -239,10 +239,15 @@ class _PortTaken(RuntimeError):
 
 
 @contextlib.contextmanager
-def serving(backend: str, workdir: Path, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
+def serving(
+    backend: str,
+    workdir: Path,
+    request: pytest.FixtureRequest,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[LiveServer]:
     """`protocoop serve --workers 2` on a fresh, migrated database of `backend` in `workdir`,
-    ready, with `admin_token`; stopped (and its PostgreSQL database dropped) afterwards. A failing
-    test's report shows its log."""
+    ready, with `admin_token`, and `extra_env` in its environment; stopped (and its PostgreSQL
+    database dropped) afterwards. A failing test's report shows its log."""
     server_url: str | None = None
     if backend == "sqlite":
         database_url = f"sqlite:///{workdir / 'protocoop.db'}"
@@ -255,6 +260,7 @@ def serving(backend: str, workdir: Path, request: pytest.FixtureRequest) -> Iter
         workdir=workdir,
         # SQLite's default (serve migrates an embedded file); PostgreSQL admins migrate.
         auto_migrate=backend == "sqlite",
+        extra_env=extra_env,
     )
     request.node.stash.setdefault(_SERVERS, []).append(server)
     try:

@@ -6,6 +6,7 @@ import hashlib
 
 from sqlalchemy import select
 
+from protocoop.auth import service as keys_service
 from protocoop.auth.roles import Role
 from protocoop.db import Database
 from protocoop.db.models import ApiKey
@@ -113,6 +114,43 @@ def test_revoked_key_fails_on_the_very_next_request(api: Api) -> None:
     # revoking again is harmless; the key stays revoked
     assert api.delete(f"{KEYS}/{created['id']}").status_code == 204
     problem(app.get("/v1/communities/riverside"), 401, "unauthorized")
+
+
+def test_key_revoked_elsewhere_is_refused_on_its_next_request_though_this_server_cached_it(
+    api: Api, db: Database
+) -> None:
+    """Revoked by another worker or by `protocoop keys revoke` (which cannot touch this process's
+    cache): the next request is 401, whatever it asks for."""
+    create_community(api, "riverside")
+    create_community(api, "hillside")
+    for member in ("alice", "bob"):
+        api.post("/v1/communities/riverside/members", json={"id": member, "name": member})
+    app_key = api.post(KEYS, json={"role": "app", "community": "riverside"}).json()
+    admin_key = api.post(KEYS, json={"role": "admin"}).json()
+    app, admin = api.as_(app_key["token"]), api.as_(admin_key["token"])
+    c = "/v1/communities/riverside"
+    exchange = {"provider": "alice", "receiver": "bob", "amount": 1, "description": "tea"}
+    assert app.get(f"{c}/members/alice/balance").status_code == 200  # now cached
+    assert app.post(f"{c}/exchanges", json=exchange).status_code == 201
+    assert admin.get(KEYS).status_code == 200
+
+    for key in (app_key, admin_key):
+        db.run_write(lambda session, key=key: keys_service.revoke_key(session, key["id"], by=None))
+
+    answers = {
+        "balance": app.get(f"{c}/members/alice/balance"),
+        "statement as CSV": app.get(f"{c}/members/alice/statement", headers={"Accept": "text/csv"}),
+        "exchanges": app.get(f"{c}/exchanges"),
+        "a report its role may not read": app.get(f"{c}/balances"),
+        "another community": app.get("/v1/communities/hillside"),
+        "a post": app.post(f"{c}/exchanges", json=exchange),
+        "keys, as admin": admin.get(KEYS),
+        "metrics, as admin": admin.get("/metrics"),
+    }
+    for what, answer in answers.items():
+        assert answer.status_code == 401, f"{what}: {answer.status_code} {answer.text[:200]}"
+        problem(answer, 401, "unauthorized")
+    assert len(api.get(f"{c}/exchanges").json()["items"]) == 1
 
 
 def test_revoked_and_unknown_tokens_get_the_same_answer(api: Api) -> None:

@@ -47,7 +47,7 @@ MATRIX: dict[tuple[str, str], frozenset[Role] | None] = {
     # operations and documentation
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
-    ("GET", "/metrics"): PUBLIC,
+    ("GET", "/metrics"): ADMIN_ONLY,  # or PROTOCOOP_METRICS_TOKEN; public only when configured
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
@@ -105,15 +105,15 @@ def served_routes(app: Any) -> set[tuple[str, str]]:
 
 
 def declared_roles(route: Any) -> frozenset[Role] | None:
-    """The roles a route's dependencies let through: PUBLIC without authentication, every role
-    when it authenticates without a role guard."""
+    """The roles a route's dependencies let through: PUBLIC without authentication or a role
+    guard, every role when it authenticates without a role guard."""
     calls: list[Any] = []
     pending = list(route.dependant.dependencies)
     while pending:
         dependant = pending.pop()
         calls.append(dependant.call)
         pending.extend(dependant.dependencies)
-    if authenticate not in calls:
+    if authenticate not in calls and not any(hasattr(call, "allowed_roles") for call in calls):
         return PUBLIC
     allowed = ANY_KEY
     for call in calls:

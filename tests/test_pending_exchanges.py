@@ -39,6 +39,9 @@ from tests.workflow_helpers import (
     settled,
 )
 
+SETTLED_AS = [("accept", "completed"), ("reject", "rejected"), ("cancel", "cancelled")]
+"""Each way to settle a proposal, and the status it leaves the exchange in."""
+
 
 def moment(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -191,6 +194,30 @@ def test_auditor_may_not_propose_or_settle(api: Api, keys: dict[str, str]) -> No
     assert len(proposals(api)) == 1
 
 
+@pytest.mark.parametrize(("action", "status"), SETTLED_AS)
+def test_only_a_treasurer_may_settle_proposals_with_system_accounts(
+    api: Api, keys: dict[str, str], action: str, status: str
+) -> None:
+    """As for posting: an app key may not move @commons, so it may not settle such a proposal
+    either (accept, reject or cancel); a treasurer or admin may."""
+    app, treasurer = api.as_(keys["app"]), api.as_(keys["treasurer"])
+    posted(treasurer, "@commons", "carol", 10)  # @commons (lower limit 0) has 10 to spend
+    from_commons = proposed(treasurer, "@commons", "alice", 5)
+    to_commons = proposed(treasurer, "bob", "@commons", 3)
+    with_members = proposed(app, "carol", "alice", 2)
+    before = ledger_state(api), reserved(api, "alice"), reserved(api, "bob")
+
+    for proposal in (from_commons, to_commons):
+        problem(settle(app, proposal["id"], action), 403, "forbidden")
+        assert get_exchange(api, proposal["id"])["status"] == "pending"
+    assert (ledger_state(api), reserved(api, "alice"), reserved(api, "bob")) == before
+
+    assert settled(app, with_members["id"], action)["status"] == status
+    assert settled(treasurer, from_commons["id"], action)["status"] == status
+    assert settled(api, to_commons["id"], action)["status"] == status  # the admin
+    assert proposals(api) == []
+
+
 # --- settling ----------------------------------------------------------------------------------
 
 
@@ -287,8 +314,32 @@ def test_every_transition_from_a_settled_exchange_is_invalid_state_and_changes_n
 
 
 def test_settling_an_unknown_exchange_is_not_found(api: Api, keys: dict[str, str]) -> None:
+    """As the README shows it: no body. An id that is no UUID cannot exist: it is not found."""
+    app = api.as_(keys["app"])
+    proposal = proposed(app, "alice", "bob", 5)
+    unknown = [str(uuid.uuid4()), str(uuid.uuid4()).upper(), "not-a-uuid", "x" * 300, "%00"]
     for action in ("accept", "reject", "cancel"):
-        problem(settle(api.as_(keys["app"]), str(uuid.uuid4()), action), 404, "not_found")
+        for exchange_id in unknown:
+            problem(settle(app, exchange_id, action), 404, "not_found")
+    for exchange_id in unknown:
+        problem(app.get(f"{EXCHANGES}/{exchange_id}"), 404, "not_found")
+    assert get_exchange(app, proposal["id"])["status"] == "pending"
+
+
+@pytest.mark.parametrize(("action", "status"), [("accept", "completed"), ("reject", "rejected")])
+def test_an_exchange_id_in_upper_case_names_that_exchange(
+    api: Api, keys: dict[str, str], action: str, status: str
+) -> None:
+    app = api.as_(keys["app"])
+    proposal = proposed(app, "alice", "bob", 5)
+    shouted = proposal["id"].upper()
+    assert get_exchange(app, shouted) == proposal
+
+    answer = settled(app, shouted, action)
+
+    assert (answer["id"], answer["status"]) == (proposal["id"], status)
+    assert get_exchange(app, proposal["id"]) == answer
+    problem(settle(app, shouted, "cancel"), 409, "invalid_state")
 
 
 def test_settling_an_exchange_of_another_community_is_not_found(

@@ -1,5 +1,6 @@
 """Security details: security headers on every answer, CORS only when configured, a per-key
-rate limit, revoked and unknown tokens alike, and tokens never in the logs."""
+rate limit, `/metrics` only for those the operator lets read it, revoked and unknown tokens
+alike, and tokens never in the logs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from protocoop.app import create_app
 from protocoop.auth.ratelimit import RateLimiter
@@ -187,6 +189,33 @@ def test_configured_origins_and_only_they_may_call_from_a_browser(
     assert "access-control-allow-origin" not in other.headers
 
 
+def test_a_refused_preflight_is_a_problem_document(
+    app_with: Any, api: Api, community: dict[str, Any]
+) -> None:
+    client = app_with(cors_origins="https://app.example.org")
+    for origin, method, headers in (
+        ("https://evil.example.com", "PATCH", "authorization"),
+        ("https://app.example.org", "PUT", "authorization"),
+        ("https://app.example.org", "PATCH", "x-something-else"),
+    ):
+        refused = client.options(
+            COMMUNITY,
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": method,
+                "Access-Control-Request-Headers": headers,
+            },
+        )
+        assert refused.status_code == 400, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        body = refused.json()
+        assert (body["status"], body["code"]) == (400, "cors_refused")
+        assert "Disallowed CORS" in body["detail"]
+        if origin != "https://app.example.org":
+            assert "access-control-allow-origin" not in refused.headers
+        assert_secured(refused)
+
+
 def test_cors_origins_setting_is_a_comma_separated_list() -> None:
     settings = Settings(cors_origins=" https://a.example , ,https://b.example", _env_file=None)  # type: ignore[call-arg]
     assert settings.cors_origin_list == ["https://a.example", "https://b.example"]
@@ -287,6 +316,59 @@ def test_429_is_documented_on_every_authenticated_route(api: Api) -> None:
             if "401" in responses:
                 assert "429" in responses, (method, path)
                 assert "Retry-After" in responses["429"]["headers"], (method, path)
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+METRICS_TOKEN = "metrics-" + "s3cret" * 4
+
+
+def test_metrics_need_an_admin_key_by_default(api: Api, keys: dict[str, str]) -> None:
+    """`/metrics` counts every community's exchanges and refusals: not for anyone's eyes."""
+    assert Settings(_env_file=None).metrics_public is False  # type: ignore[call-arg]
+    give(api.as_(keys["app"]), "riverside", "alice", "bob", 1)
+
+    for token in (None, "pcp_" + "C" * 43, METRICS_TOKEN):  # no token is configured
+        problem(api.as_(token).get("/metrics"), 401, "unauthorized")
+    for role in ("treasurer", "app", "auditor"):
+        problem(api.as_(keys[role]).get("/metrics"), 403, "forbidden")
+    allowed = api.as_(keys["admin"]).get("/metrics")
+    assert allowed.status_code == 200
+    assert allowed.headers["content-type"].startswith("text/plain")
+    assert "protocoop_exchanges" in allowed.text
+
+
+def test_the_metrics_token_reads_metrics_and_nothing_else(
+    api: Api, keys: dict[str, str], app_with: Any
+) -> None:
+    client = app_with(metrics_token=SecretStr(METRICS_TOKEN))
+
+    def metrics(token: str | None) -> Any:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        return client.get("/metrics", headers=headers)
+
+    assert metrics(METRICS_TOKEN).status_code == 200
+    assert "protocoop_exchanges" in metrics(METRICS_TOKEN).text
+    assert metrics(keys["admin"]).status_code == 200
+    problem(metrics(keys["auditor"]), 403, "forbidden")
+    for wrong in (None, METRICS_TOKEN[:-1], METRICS_TOKEN + "x", "pcp_" + "C" * 43):
+        problem(metrics(wrong), 401, "unauthorized")
+    as_api_key = client.get(COMMUNITY, headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    problem(as_api_key, 401, "unauthorized")
+
+
+def test_metrics_are_open_only_when_the_operator_says_so(app_with: Any) -> None:
+    client = app_with(metrics_public=True)
+    opened = client.get("/metrics")
+    assert opened.status_code == 200
+    assert "protocoop_exchanges" in opened.text
+
+
+def test_a_short_metrics_token_is_refused_and_an_empty_one_means_none() -> None:
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        Settings(metrics_token="short", _env_file=None)  # type: ignore[call-arg]
+    assert Settings(metrics_token="", _env_file=None).metrics_token is None  # type: ignore[call-arg]
+    assert Settings(_env_file=None).metrics_token is None  # type: ignore[call-arg]
 
 
 # --- tokens ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from protocoop import __version__, openapi, security
 from protocoop.audit.router import router as audit_router
 from protocoop.audit_log.router import router as audit_log_router
-from protocoop.auth.cache import PrincipalCache
+from protocoop.auth.cache import PrincipalCache, install_key_check
 from protocoop.auth.ratelimit import RateLimiter
 from protocoop.auth.router import router as api_keys_router
 from protocoop.balances.router import router as balances_router
@@ -30,6 +30,7 @@ from protocoop.members.router import router as members_router
 from protocoop.mutuality.router import router as mutuality_router
 from protocoop.observability import GROUP_COMMIT_SIZE, MetricsMiddleware, configure_logging
 from protocoop.ops import router as ops_router
+from protocoop.replay import ReplayLostReads
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +98,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.in_flight = InFlight()
     app.state.known_communities = set()
     app.state.principals = PrincipalCache(settings.auth_cache_s)
+    install_key_check()  # a cached key is checked again by each request's first transaction
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
     app.state.head_revisions = migrate.head_revisions()
 
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # innermost: a GET that lost its database connection is answered again, seen from outside once
+    app.add_middleware(ReplayLostReads, attempts=settings.db_retry_attempts)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+    )
     app.add_middleware(MetricsMiddleware, log_requests=settings.access_log)
     app.add_middleware(RequestIdMiddleware)
     security.install(app, settings)  # outermost: CORS and security headers on every answer

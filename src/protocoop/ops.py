@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import text
 
+from protocoop.auth.deps import MetricsReader
 from protocoop.db import migrate
 from protocoop.errors import Unavailable
 from protocoop.observability import metrics_document
@@ -40,10 +41,15 @@ def readyz(request: Request) -> dict[str, str]:
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        **problem_responses(401, 403, 429, 503),
+    },
 )
-def metrics() -> Response:
+def metrics(_: MetricsReader) -> Response:
     """Prometheus text exposition: latencies, exchanges recorded and refused, batch and
-    group-commit sizes, database connections in use."""
+    group-commit sizes, database connections in use. Send the metrics token
+    (`PROTOCOOP_METRICS_TOKEN`) or an admin key as `Authorization: Bearer ...`, unless the
+    operator made it public (`PROTOCOOP_METRICS_PUBLIC=true`)."""
     document, content_type = metrics_document()
     return Response(document, media_type=content_type)

@@ -7,6 +7,7 @@ something gets 403.
 
 from __future__ import annotations
 
+import hmac
 import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -16,10 +17,17 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from protocoop.auth import service
-from protocoop.auth.cache import PrincipalCache
+from protocoop.auth.cache import (
+    UNKNOWN_OR_REVOKED,
+    PrincipalCache,
+    UnconfirmedKey,
+    needs_confirmation,
+    unconfirmed_key,
+)
 from protocoop.auth.ratelimit import RateLimiter
 from protocoop.auth.roles import ADMINS, MANAGERS, OVERSEERS, POSTERS, READERS, Principal, Role
 from protocoop.auth.tokens import token_hash
+from protocoop.config import Settings
 from protocoop.db import Database
 from protocoop.db.models import Community
 from protocoop.errors import Forbidden, NotFound, Unauthorized
@@ -64,15 +72,18 @@ async def authenticate(
     cache: PrincipalCache = request.app.state.principals
     digest = token_hash(credentials.credentials)
     principal = cache.get(digest) if _may_use_cache(request) else None
+    # A cached key is checked by the request's first transaction (`auth.cache`).
+    unconfirmed_key.set(UnconfirmedKey(principal.key_id) if principal is not None else None)
     if principal is None:
 
         def look_up() -> Principal | None:
-            with db.read() as session:
-                return service.authenticate(session, credentials.credentials)
+            return db.run_read(
+                lambda session: service.authenticate(session, credentials.credentials)
+            )
 
         principal = await run_in_threadpool(look_up)
         if principal is None:
-            raise Unauthorized("Unknown or revoked API key.")
+            raise Unauthorized(UNKNOWN_OR_REVOKED)
         cache.put(digest, principal)
     limiter: RateLimiter = request.app.state.rate_limiter
     limiter.admit(principal.key_id)  # 429 rate_limited when the key's bucket is empty
@@ -82,11 +93,26 @@ async def authenticate(
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
 
 
-def require_roles(roles: frozenset[Role]) -> Callable[[Principal], Awaitable[Principal]]:
+async def confirm_cached_key(db: Database) -> None:
+    """Check a key that came from the cache now, in a transaction of its own, unless one of the
+    request's transactions already did: for answers that would otherwise not touch the database
+    (a refusal, `/metrics`), so a revoked key gets its 401 there too."""
+    if not needs_confirmation():
+        return
+
+    def check() -> None:
+        # Beginning the transaction runs the check (`auth.cache.confirm_in_transaction`).
+        db.run_read(lambda session: session.connection())
+
+    await run_in_threadpool(check)
+
+
+def require_roles(roles: frozenset[Role]) -> Callable[..., Awaitable[Principal]]:
     """A dependency that lets through only `roles` (for routes outside any community)."""
 
-    async def dependency(principal: PrincipalDep) -> Principal:
+    async def dependency(principal: PrincipalDep, db: DatabaseDep) -> Principal:
         if principal.role not in roles:
+            await confirm_cached_key(db)
             raise Forbidden(f"The {principal.role.value} role may not do this.")
         return principal
 
@@ -101,8 +127,7 @@ async def community_exists(request: Request, db: Database, community_id: str) ->
         return True
 
     def look_up() -> bool:
-        with db.read() as session:
-            return session.get(Community, community_id) is not None
+        return db.run_read(lambda session: session.get(Community, community_id) is not None)
 
     found = await run_in_threadpool(look_up)
     if found:
@@ -125,13 +150,42 @@ def in_community(roles: frozenset[Role]) -> Callable[..., Awaitable[Principal]]:
             or not _COMMUNITY_ID.match(community_id)
             or not await community_exists(request, db, community_id)
         ):
+            await confirm_cached_key(db)
             raise NotFound(f"Community {community_id!r} not found.")
         if principal.role not in roles:
+            await confirm_cached_key(db)
             raise Forbidden(f"The {principal.role.value} role may not do this.")
         return principal
 
     dependency.allowed_roles = roles  # type: ignore[attr-defined]
     return dependency
+
+
+async def read_metrics(
+    request: Request,
+    db: DatabaseDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Who may read `/metrics`, which shows every community's activity: anyone when the operator
+    made it public (`PROTOCOOP_METRICS_PUBLIC`), else the metrics token
+    (`PROTOCOOP_METRICS_TOKEN`) or an admin key."""
+    settings: Settings = request.app.state.settings
+    if settings.metrics_public:
+        return
+    token = settings.metrics_token
+    if (
+        token is not None
+        and credentials is not None
+        and hmac.compare_digest(credentials.credentials.encode(), token.get_secret_value().encode())
+    ):
+        return
+    principal = await authenticate(request, db, credentials)
+    await confirm_cached_key(db)
+    if principal.role not in ADMINS:
+        raise Forbidden(f"The {principal.role.value} role may not do this.")
+
+
+read_metrics.allowed_roles = ADMINS  # type: ignore[attr-defined]
 
 
 Reader = Annotated[Principal, Depends(in_community(READERS))]
@@ -144,3 +198,5 @@ Manager = Annotated[Principal, Depends(in_community(MANAGERS))]
 """Treasurer or admin: members, limits, reversals, settings."""
 Admin = Annotated[Principal, Depends(require_roles(ADMINS))]
 KeyManager = Annotated[Principal, Depends(require_roles(MANAGERS))]
+MetricsReader = Annotated[None, Depends(read_metrics)]
+"""The metrics token or an admin key (anyone when `/metrics` is public)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from protocoop.audit_log.service import record, record_change
@@ -136,6 +136,21 @@ def _may_see_key(principal: Principal | None, key_community_id: str | None) -> b
     if principal is None or principal.role is Role.ADMIN:
         return True
     return key_community_id is not None and key_community_id == principal.community_id
+
+
+_LIVE_KEY_SQL = {
+    "qmark": "SELECT 1 FROM api_keys WHERE id = ? AND revoked_at IS NULL",
+    "format": "SELECT 1 FROM api_keys WHERE id = %s AND revoked_at IS NULL",
+}
+"""`key_is_live`'s query, as the driver takes it: it runs on every request that authenticated from
+the cache, and SQL sent as is skips SQLAlchemy's statement handling, which here costs several
+times the query itself."""
+
+
+def key_is_live(connection: Connection, key_id: str) -> bool:
+    """Whether the key exists and has not been revoked, as the caller's transaction sees it."""
+    style = "qmark" if connection.dialect.paramstyle == "qmark" else "format"
+    return connection.exec_driver_sql(_LIVE_KEY_SQL[style], (key_id,)).first() is not None
 
 
 def authenticate(session: Session, token: str) -> Principal | None:

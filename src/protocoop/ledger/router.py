@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 from protocoop.audit_log.service import record_reversal
 from protocoop.auth.deps import DatabaseDep, Manager, Poster, Reader, revalidates_key
 from protocoop.auth.roles import Principal, Role
-from protocoop.errors import Forbidden, ValidationFailed
+from protocoop.errors import Forbidden
 from protocoop.idempotency import IdempotencyDep, IdempotencyKey, respond
+from protocoop.json_bodies import StrictJSONRoute
 from protocoop.ledger import queries
 from protocoop.ledger.expiry import read_after_expiry
 from protocoop.ledger.records import Draft, PostedExchange, Settlement
@@ -31,9 +32,19 @@ from protocoop.ledger.service import post_exchanges, settle_exchange
 from protocoop.ledger.writer import GroupCommitWriter, PostRequest
 from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
 from protocoop.responses import Rendered, problem_responses, render, render_problem
-from protocoop.schemas import ACCOUNT_ID_PATTERN, ExchangePath, Page, Timestamp
+from protocoop.schemas import (
+    ACCOUNT_ID_PATTERN,
+    ExchangePath,
+    Page,
+    Timestamp,
+    exchange_id_in_path,
+)
 
-router = APIRouter(prefix="/v1/communities/{community_id}/exchanges", tags=["exchanges"])
+router = APIRouter(
+    prefix="/v1/communities/{community_id}/exchanges",
+    tags=["exchanges"],
+    route_class=StrictJSONRoute,
+)
 
 POSTING_PROBLEMS = problem_responses(401, 403, 404, 409, 422, 503)
 
@@ -54,13 +65,16 @@ def draft(spec: ExchangeCreate) -> Draft:
     )
 
 
-def _guard_system_accounts(principal: Principal, specs: Iterable[ExchangeCreate]) -> None:
-    """Only a treasurer (or admin) moves a community's own funds such as @commons."""
+def _guard_system_accounts(
+    principal: Principal, parties: Iterable[tuple[str, str]], doing: str = "post"
+) -> None:
+    """Only a treasurer (or admin) moves a community's own funds such as @commons: posts an
+    exchange, or settles a proposal, with (provider, receiver) among `parties`."""
     if principal.role in (Role.ADMIN, Role.TREASURER):
         return
-    for spec in specs:
-        if spec.provider.startswith("@") or spec.receiver.startswith("@"):
-            raise Forbidden("Only a treasurer may post exchanges with system accounts.")
+    for provider, receiver in parties:
+        if provider.startswith("@") or receiver.startswith("@"):
+            raise Forbidden(f"Only a treasurer may {doing} exchanges with system accounts.")
 
 
 async def _post_through_writer(
@@ -106,7 +120,7 @@ async def post_exchange(
     """Record an exchange: the receiver's balance goes down by `amount`, the provider's up.
     With `"pending": true` it is only proposed: its amount is reserved until it is accepted,
     rejected, cancelled or expires."""
-    _guard_system_accounts(principal, [spec])
+    _guard_system_accounts(principal, [(spec.provider, spec.receiver)])
     return await _post_through_writer(
         request,
         community_id,
@@ -129,7 +143,7 @@ async def post_batch(
 ) -> Response:
     """Record up to 1000 exchanges in order, all or nothing: a refusal names the item's `index`.
     Limits apply to the running balances within the batch."""
-    _guard_system_accounts(principal, batch.exchanges)
+    _guard_system_accounts(principal, ((spec.provider, spec.receiver) for spec in batch.exchanges))
     return await _post_through_writer(
         request,
         community_id,
@@ -156,6 +170,7 @@ def reverse_exchange(
     request: Request,
 ) -> Response:
     """Undo a completed exchange with a new one going the other way (`reverses`); once only."""
+    exchange_id = exchange_id_in_path(exchange_id)
     reversal = Draft(
         provider="", receiver="", amount=0, description=spec.reason, reverses=exchange_id
     )
@@ -181,8 +196,13 @@ def _settle(
     exchange_id: str,
     action: Settlement,
     idempotency: IdempotencyDep,
+    principal: Principal,
 ) -> Response:
+    exchange_id = exchange_id_in_path(exchange_id)
+
     def work(session: Session) -> Rendered:
+        parties = queries.proposal_parties(session, community_id, exchange_id)
+        _guard_system_accounts(principal, [parties] if parties else [], "settle")
         settled = settle_exchange(session, community_id, exchange_id, action)
         if isinstance(settled, Exception):  # found expired: the release is kept, the answer 409
             return render_problem(settled)
@@ -198,37 +218,37 @@ SETTLE_RESPONSES = problem_responses(401, 403, 404, 409, 503)
 def accept_exchange(
     community_id: str,
     exchange_id: ExchangePath,
-    _: Poster,
+    principal: Poster,
     idempotency: IdempotencyDep,
     request: Request,
 ) -> Response:
     """Accept a pending exchange: it is recorded now (entries, `seq`, `hash`) and its
     reservation released, in one transaction. Never fails on limits: they were reserved."""
-    return _settle(request, community_id, exchange_id, "accept", idempotency)
+    return _settle(request, community_id, exchange_id, "accept", idempotency, principal)
 
 
 @router.post("/{exchange_id}/reject", response_model=ExchangePublic, responses=SETTLE_RESPONSES)
 def reject_exchange(
     community_id: str,
     exchange_id: ExchangePath,
-    _: Poster,
+    principal: Poster,
     idempotency: IdempotencyDep,
     request: Request,
 ) -> Response:
     """The counterparty declines a pending exchange; its reservation is released."""
-    return _settle(request, community_id, exchange_id, "reject", idempotency)
+    return _settle(request, community_id, exchange_id, "reject", idempotency, principal)
 
 
 @router.post("/{exchange_id}/cancel", response_model=ExchangePublic, responses=SETTLE_RESPONSES)
 def cancel_exchange(
     community_id: str,
     exchange_id: ExchangePath,
-    _: Poster,
+    principal: Poster,
     idempotency: IdempotencyDep,
     request: Request,
 ) -> Response:
     """The initiator withdraws a pending exchange; its reservation is released."""
-    return _settle(request, community_id, exchange_id, "cancel", idempotency)
+    return _settle(request, community_id, exchange_id, "cancel", idempotency, principal)
 
 
 @router.get("", response_model=Page[ExchangePublic], responses=problem_responses(401, 404, 422))
@@ -259,15 +279,8 @@ def list_exchanges(
                 after_seq=position["after_seq"] if position else after_seq,
                 limit=limit,
             )
-    proposals = decode_cursor(cursor, expect={"after_time": str, "after_id": str})
-    after = None
-    if proposals:
-        try:
-            after = (datetime.fromisoformat(proposals["after_time"]), proposals["after_id"])
-        except ValueError as error:
-            raise ValidationFailed(
-                [{"loc": ["query", "cursor"], "msg": "not a cursor this list gave out"}]
-            ) from error
+    proposals = decode_cursor(cursor, expect={"after_time": datetime, "after_id": str})
+    after = (proposals["after_time"], proposals["after_id"]) if proposals else None
     return read_after_expiry(
         db,
         community_id,
@@ -291,6 +304,7 @@ def get_exchange(
     community_id: str, exchange_id: ExchangePath, _: Reader, db: DatabaseDep
 ) -> ExchangePublic:
     """One exchange, completed or proposed."""
+    exchange_id = exchange_id_in_path(exchange_id)
     return read_after_expiry(
         db,
         community_id,
