@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -168,7 +169,8 @@ ODD_METADATA: dict[str, dict[str, Any]] = {
 def test_metadata_the_api_could_not_give_back_is_refused_everywhere(
     ledger: Api, subtests: Any
 ) -> None:
-    """Posts, batches and proposals alike: 422 naming `metadata`, and nothing recorded."""
+    """Posts, batches and proposals alike, with an Idempotency-Key or without: 422 naming
+    `metadata`, and nothing recorded."""
     with changes_nothing(ledger):
         for case, metadata in ODD_METADATA.items():
             item = exchange("alice", "bob", 1, metadata=metadata)
@@ -177,9 +179,13 @@ def test_metadata_the_api_could_not_give_back_is_refused_everywhere(
                 ("batch", f"{EXCHANGES}:batch", {"exchanges": [item]}),
                 ("proposal", EXCHANGES, {**item, "pending": True}),
             ):
-                with subtests.test(case=case, kind=kind):
-                    refused = problem(ledger.post(path, json=body), 422, "validation_error")
-                    assert any("metadata" in error["loc"] for error in refused["errors"])
+                for keyed in (False, True):
+                    headers = {"Idempotency-Key": str(uuid.uuid4())} if keyed else {}
+                    with subtests.test(case=case, kind=kind, keyed=keyed):
+                        refused = problem(
+                            ledger.post(path, json=body, headers=headers), 422, "validation_error"
+                        )
+                        assert any("metadata" in error["loc"] for error in refused["errors"])
 
 
 def test_metadata_at_its_bounds_is_kept_exactly(ledger: Api) -> None:

@@ -52,7 +52,9 @@ def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
     """The identity of a request: formatting and key order of the JSON body do not matter."""
     try:
         canonical = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS) if body else b""
-    except orjson.JSONDecodeError:
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        # Not JSON, or nested deeper than orjson writes (255 levels): such a body is refused
+        # anyway, and its bytes identify it as well as a canonical form would.
         canonical = body
     digest = hashlib.sha256()
     for part in (method.encode(), path.encode(), query.encode(), canonical):
