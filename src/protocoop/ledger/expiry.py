@@ -15,7 +15,7 @@ from protocoop.clock import utc_now
 from protocoop.db import Database
 from protocoop.db.models import PendingExchange
 from protocoop.ledger.queries import has_due_expiries, is_due_for_expiry
-from protocoop.ledger.service import LockedLedger, expire_due
+from protocoop.ledger.service import expire_due
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +25,7 @@ T = TypeVar("T")
 
 def expire_due_for(session: Session, community_id: str, account_id: str) -> int:
     """Release the expired reservations of one account, in the caller's transaction."""
-    ledger = LockedLedger(session, community_id)
-    expired = ledger.expire_due([account_id])
-    ledger.flush()
-    return expired
+    return expire_due(session, community_id, account_id)
 
 
 def read_after_expiry(

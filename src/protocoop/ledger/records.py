@@ -1,6 +1,6 @@
 """What the ledger records: drafts in, posted exchanges and entries out, and the levy rule.
 
-Plain values, no database: `service.LockedLedger` turns drafts into posted exchanges.
+Plain values, no database: `planner.plan` turns drafts into posted exchanges.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ head lock (which it may have waited for while another process's writer held it),
 takes the requests for that community that arrived meanwhile: the longer the wait, the larger the
 group, instead of a queue of small transactions taking turns.
 
-Each request still succeeds or fails on its own: `LockedLedger.post` checks a request in memory
-and changes nothing when it refuses it, so a refusal is that request's answer and the others go
+Each request still succeeds or fails on its own: the planner checks a request in memory and
+changes nothing when it refuses it, so a refusal is that request's answer and the others go
 on. Idempotency records are written in the same transaction as the exchanges they answer for, and
 each request's API key is checked again inside that transaction, so a key revoked a moment ago
 records nothing. If the shared transaction fails as a whole (a database error), its requests are
@@ -27,17 +27,14 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, tuple_
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from protocoop.clock import utc_now
 from protocoop.db import Database
-from protocoop.db.bulk import insert_rows
 from protocoop.db.engine import is_outage
-from protocoop.db.models import ApiKey, IdempotencyRecord
 from protocoop.errors import (
     IdempotencyKeyReused,
     InternalError,
@@ -46,14 +43,14 @@ from protocoop.errors import (
     Unavailable,
 )
 from protocoop.idempotency import REPLAYED_HEADER, IdempotencyKey
+from protocoop.ledger.planner import Outcome, Post
 from protocoop.ledger.records import Draft, PostedExchange
-from protocoop.ledger.service import LockedLedger
+from protocoop.ledger.service import record
+from protocoop.ledger.store import LedgerStore
 from protocoop.observability import count_posting_answer
 from protocoop.responses import Rendered, render_problem
 
 log = logging.getLogger(__name__)
-
-_records = IdempotencyRecord.__table__
 
 
 @dataclass(slots=True)
@@ -260,39 +257,22 @@ def record_group(
     The ledger head is locked first, so the idempotency lookups below see every request recorded
     before this transaction by any process. Then `gather` may add to `requests` those that came
     in while the lock was awaited."""
-    ledger = LockedLedger(session, community_id)
+    store = LedgerStore(session, community_id)
+    store.lock_head()
     if gather is not None:
         requests.extend(gather())
-    live_keys = set(
-        session.scalars(
-            select(ApiKey.id).where(
-                ApiKey.id.in_({r.key_id for r in requests}), ApiKey.revoked_at.is_(None)
-            )
-        )
+    live_keys = store.live_keys(r.key_id for r in requests)
+    stored = store.stored_answers(
+        [(r.idempotency.api_key_id, r.idempotency.key) for r in requests if r.idempotency]
     )
-    keyed = [(r.idempotency.api_key_id, r.idempotency.key) for r in requests if r.idempotency]
-    stored: dict[tuple[str, str], Any] = {}
-    if keyed:
-        stored = {
-            (row.api_key_id, row.key): row
-            for row in session.execute(
-                select(_records).where(
-                    _records.c.community_id == community_id,
-                    tuple_(_records.c.api_key_id, _records.c.key).in_(keyed),
-                )
-            )
-        }
-    ledger.prefetch(draft for request in requests for draft in request.drafts)
-    answers: list[Rendered] = []
-    remembered: list[dict[str, Any]] = []
-    now = utc_now()
-    for request in requests:
+    answers: list[Rendered | None] = []
+    planned: list[int] = []
+    for index, request in enumerate(requests):
         key = request.idempotency
+        first = stored.get((key.api_key_id, key.key)) if key else None
         if request.key_id not in live_keys:
             answers.append(render_problem(Unauthorized("Unknown or revoked API key.")))
-            continue
-        first = stored.get((key.api_key_id, key.key)) if key else None
-        if first is not None and key is not None:
+        elif first is not None and key is not None:
             if first.request_hash != key.fingerprint:
                 answers.append(
                     render_problem(
@@ -310,29 +290,44 @@ def record_group(
                         {REPLAYED_HEADER: "true"},
                     )
                 )
-            continue
-        try:
-            answer = request.render(
-                ledger.post(request.drafts, created_by=request.key_id, batch=request.batch)
-            )
-        except ProblemError as refusal:
-            if refusal.status >= 500:
-                raise
-            answer = render_problem(refusal)
-        if key is not None:
-            remembered.append(
-                {
-                    "community_id": community_id,
-                    "api_key_id": key.api_key_id,
-                    "key": key.key,
-                    "request_hash": key.fingerprint,
-                    "status_code": answer.status_code,
-                    "content_type": answer.content_type,
-                    "response_body": answer.body.decode(),
-                    "created_at": now,
-                }
-            )
-        answers.append(answer)
-    ledger.flush()
-    insert_rows(session.connection(), _records, remembered)  # type: ignore[arg-type]
-    return answers
+        else:
+            answers.append(None)
+            planned.append(index)
+
+    def remembered(outcomes: list[Outcome]) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        now = utc_now()
+        for index, outcome in zip(planned, outcomes, strict=True):
+            request = requests[index]
+            if outcome.refusal is not None:
+                answer = render_problem(outcome.refusal)
+            else:
+                answer = request.render(cast(list[PostedExchange], outcome.result))
+            answers[index] = answer
+            key = request.idempotency
+            if key is not None:
+                records.append(
+                    {
+                        "community_id": community_id,
+                        "api_key_id": key.api_key_id,
+                        "key": key.key,
+                        "request_hash": key.fingerprint,
+                        "status_code": answer.status_code,
+                        "content_type": answer.content_type,
+                        "response_body": answer.body.decode(),
+                        "created_at": now,
+                    }
+                )
+        return records
+
+    record(
+        session,
+        community_id,
+        [
+            Post(requests[i].drafts, created_by=requests[i].key_id, batch=requests[i].batch)
+            for i in planned
+        ],
+        store=store,
+        remembered=remembered,
+    )
+    return [answer for answer in answers if answer is not None]
