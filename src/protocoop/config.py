@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     databases), before answering 503."""
     db_pool_recycle_s: int = Field(default=300, ge=1)
     """PostgreSQL connections are replaced after this many seconds."""
+    db_statistics_check_s: float = Field(default=1, ge=0)
+    """On PostgreSQL, how often (at most, after a commit) a process checks whether a table the
+    ledger grows has doubled since it was last analyzed, and ANALYZEs it if so, so that plans stay
+    good with autovacuum off (0: never; leave it to autovacuum)."""
     db_retry_attempts: int = Field(default=5, ge=1)
     """Deadlocks and serialization failures are retried this many times before 503."""
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)

@@ -32,6 +32,7 @@ from sqlalchemy.pool import NullPool
 
 from protocoop.config import Settings
 from protocoop.db.reconnect import ConnectionLost, connection_lost
+from protocoop.db.statistics import StatisticsKeeper
 from protocoop.db.watchdog import Watchdog, cut_by_watchdog
 from protocoop.db.watchdog import install as install_watchdog
 from protocoop.errors import SchemaNotMigrated, Unavailable
@@ -85,9 +86,8 @@ def make_engine(settings: Settings, *, pooled: bool = True) -> Engine:
             max_overflow=settings.db_pool_size,
             pool_timeout=settings.db_connect_timeout_s,
             pool_pre_ping=watchdog is None,  # else the watchdog pings, with a deadline
-            # PostgreSQL caches a backend's foreign-key check plans for the connection's life; a
-            # plan made while a table was nearly empty can pick a poor index once it has grown.
-            # Replacing connections every few minutes bounds how long such a plan can live.
+            # Plans that stay good as the ledger grows come from statistics kept up to date
+            # (`protocoop.db.statistics`), not from replacing connections.
             pool_recycle=settings.db_pool_recycle_s,
         )
     engine = create_engine(url, **kwargs)
@@ -192,6 +192,10 @@ class Database:
         self._reader = sessionmaker(read_engine(self.engine), expire_on_commit=False)
         self._writer = sessionmaker(write_engine(self.engine), expire_on_commit=False)
         self._sqlite_writer = threading.Lock() if self.dialect == "sqlite" else None
+        self._statistics: StatisticsKeeper | None = None
+        if self.dialect == "postgresql" and pooled and settings.db_statistics_check_s:
+            self._statistics = StatisticsKeeper(self.engine, settings.db_statistics_check_s)
+            self._statistics.install()
 
     @property
     def is_sqlite(self) -> bool:
@@ -273,4 +277,6 @@ class Database:
         raise AssertionError("unreachable")
 
     def dispose(self) -> None:
+        if self._statistics is not None:
+            self._statistics.wait()
         self.engine.dispose()
