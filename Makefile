@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.installed-serve
 DEV_STAMP   := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck fuzz bench clean
+.PHONY: run test lint typecheck fuzz bench soak clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "protocoop needs Python 3.11 or newer"'
@@ -45,9 +45,16 @@ lint: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
-## make bench: the benchmark suite (needs wrk and pgbench; about 9 minutes; never in CI)
+## make bench: the benchmark suite, every row of issue 12's table against the same run's ceilings
+## (needs wrk and pgbench, and initdb for the production-like PostgreSQL; an hour or more; never in
+## CI). BENCH_ARGS=--quick for shorter runs, BENCH_ARGS=--smoke to check the wiring in minutes.
 bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.suite $(BENCH_ARGS)
+
+## make soak: 32 connections posting for 5 minutes on a fresh database, per database; throughput
+## and p99 per minute, errors, memory, the audit (SOAK_ARGS, e.g. --seconds 60 --database sqlite)
+soak: $(DEV_STAMP)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

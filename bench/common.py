@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import secrets
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -191,3 +194,107 @@ def analyze(database_url: str) -> None:
             connection.execute(text("ANALYZE"))
     finally:
         engine.dispose()
+
+
+def group_rss_mb(group: int) -> float:
+    """Resident memory of every live process in the process group, in MB."""
+    total_kb = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != group:
+                continue
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total_kb += int(line.split()[1])
+    return total_kb / 1024
+
+
+def create_key(database_url: str, role: Role, community: str = COMMUNITY) -> str:
+    """A new key of `role` for `community` (e.g. an auditor key to run the audit)."""
+    db = Database(Settings(database_url=database_url, auto_migrate=False, _env_file=None))  # type: ignore[call-arg]
+    try:
+        return db.run_write(
+            lambda session: str(
+                keys_service.create_key(
+                    session, role=role, community_id=community, label="bench", created_by=None
+                ).token
+            )
+        )
+    finally:
+        db.dispose()
+
+
+# --- wrk -----------------------------------------------------------------------------------------
+
+WRK_SCRIPTS = Path(__file__).resolve().parent / "wrk"
+
+
+def wrk(
+    script: str,
+    url: str,
+    args: list[str],
+    connections: int,
+    seconds: float,
+    *,
+    histogram: bool = False,
+) -> dict[str, Any]:
+    """Run wrk with one of bench/wrk/*.lua; returns its RESULT line plus wrk's own CPU seconds,
+    `ok_per_s` (2xx answers per second) and, with `histogram`, the latency histogram as
+    [[microseconds, count], ...] (to merge runs: see `percentile_ms`)."""
+    threads = max(1, min(2, connections))
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(WRK_SCRIPTS / script),
+        url,
+        "--",
+        *args,
+    ]
+    # Output to files, not pipes: a histogram outgrows a pipe's buffer before wrk exits.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        output, errors = out.read(), err.read()
+    match = re.search(r"^RESULT (\{.*\})$", output, re.M)
+    if process.returncode != 0 or match is None:
+        raise RuntimeError(f"wrk failed ({process.returncode}):\n{output}\n{errors}")
+    result: dict[str, Any] = json.loads(match.group(1))
+    result["wrk_cpu_s"] = usage.ru_utime + usage.ru_stime
+    result["ok_per_s"] = (
+        sum(n for code, n in result["statuses"].items() if code.startswith("2")) / result["seconds"]
+    )
+    if histogram:
+        found = re.search(r"^HISTOGRAM (\[.*\])$", output, re.M)
+        result["histogram"] = json.loads(found.group(1)) if found else []
+    return result
+
+
+def percentile_ms(histogram: list[list[int]], fraction: float) -> float:
+    """The `fraction` percentile, in ms, of a merged [[microseconds, count], ...] histogram."""
+    counts: dict[int, int] = {}
+    for value, count in histogram:
+        counts[value] = counts.get(value, 0) + count
+    total = sum(counts.values())
+    if not total:
+        return float("nan")
+    rank = fraction * total
+    seen = 0
+    for value in sorted(counts):
+        seen += counts[value]
+        if seen >= rank:
+            return value / 1000
+    return max(counts) / 1000

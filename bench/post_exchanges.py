@@ -103,8 +103,11 @@ async def measure(
     clients: int,
     seconds: float,
     batch_size: int,
+    *,
+    analyze_after_warm_up: bool = True,
 ) -> Result:
-    """Post from `clients` concurrent clients for `seconds` (batches when `batch_size` > 1)."""
+    """Post from `clients` concurrent clients for `seconds` (batches when `batch_size` > 1);
+    `analyze_after_warm_up=False` measures a fresh database as it is (the suite does)."""
     batch = batch_size > 1
     path = f"/v1/communities/{COMMUNITY}/exchanges" + (":batch" if batch else "")
     latencies: list[float] = []
@@ -155,7 +158,8 @@ async def measure(
         # Warm up every connection and worker process (not counted), then give the planner
         # statistics for the tables the warm-up filled (see the module docstring).
         await asyncio.gather(*(one(random.Random(-n), n, None) for n in range(clients)))
-        analyze(database_url)
+        if analyze_after_warm_up:
+            analyze(database_url)
         cpu_client, cpu_server = time.process_time(), group_cpu_seconds(group)
         started = time.monotonic()
         deadline = started + seconds

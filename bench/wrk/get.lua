@@ -39,4 +39,11 @@ function done(summary, latency, requests)
     latency:percentile(99) / 1000,
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
     table.concat(parts, ",")))
+  -- The whole latency histogram, [[microseconds, count], ...], so runs can be merged.
+  local buckets = {}
+  for i = 1, #latency do
+    local value, count = latency(i)
+    buckets[i] = string.format("[%d,%d]", value, count)
+  end
+  io.write("HISTOGRAM [" .. table.concat(buckets, ",") .. "]\n")
 end

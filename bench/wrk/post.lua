@@ -1,6 +1,7 @@
 -- wrk script: POST exchanges between random members, each with its own Idempotency-Key.
 -- Usage: wrk ... -s post.lua URL -- <path> <token> <member-prefix> <members> <run-id>
--- Prints one JSON line at the end: requests, seconds, latency percentiles, counts by status.
+-- Prints one JSON line at the end (requests, seconds, latency percentiles, counts by status)
+-- and one HISTOGRAM line (the latency histogram, to merge runs).
 
 local threads = {}
 
@@ -50,4 +51,11 @@ function done(summary, latency, requests)
     latency:percentile(99) / 1000,
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
     table.concat(parts, ",")))
+  -- The whole latency histogram, [[microseconds, count], ...], so runs can be merged.
+  local buckets = {}
+  for i = 1, #latency do
+    local value, count = latency(i)
+    buckets[i] = string.format("[%d,%d]", value, count)
+  end
+  io.write("HISTOGRAM [" .. table.concat(buckets, ",") .. "]\n")
 end
