@@ -23,6 +23,7 @@ from tests.ledger_helpers import (
     reverse,
     set_member,
 )
+from tests.workflow_helpers import get_exchange, make_overdue, proposed, reserved, settle
 
 
 def with_key(key: str) -> dict[str, str]:
@@ -130,6 +131,73 @@ def test_reversal_retry_returns_the_reversal_not_a_refusal(api: Api, community: 
     assert first.status_code == retry.status_code == 201
     assert retry.content == first.content
     assert len(all_exchanges(api)) == 2
+
+
+def test_reversal_retry_records_one_reversal_in_the_audit_log(api: Api, community: dict) -> None:
+    original = posted(api, "alice", "bob", 4)
+
+    first = reverse(api, original["id"], headers=with_key("undo-audit"))
+    retry = reverse(api, original["id"], headers=with_key("undo-audit"))
+
+    assert retry.headers.get("Idempotent-Replayed") == "true"
+    assert retry.content == first.content
+    log = api.get("/v1/communities/riverside/audit-log", params={"limit": 100}).json()["items"]
+    reversals = [e for e in log if e["action"] == "exchange.reversed"]
+    assert [(e["target"], e["after"]["reversed_by"]) for e in reversals] == [
+        (original["id"], first.json()["id"])
+    ]
+
+
+def test_settlement_key_reused_for_another_action_is_refused_and_settles_nothing(
+    api: Api, community: dict
+) -> None:
+    proposal = proposed(api, "alice", "bob", 5)
+    first = settle(api, proposal["id"], "reject", headers=with_key("settle-1"))
+
+    reused = settle(api, proposal["id"], "accept", headers=with_key("settle-1"))
+    other = proposed(api, "carol", "bob", 2)
+    elsewhere = settle(api, other["id"], "reject", headers=with_key("settle-1"))
+
+    assert first.status_code == 200, first.text
+    problem(reused, 422, "idempotency_key_reused")
+    problem(elsewhere, 422, "idempotency_key_reused")
+    assert get_exchange(api, proposal["id"])["status"] == "rejected"
+    assert get_exchange(api, other["id"])["status"] == "pending"
+    assert all_exchanges(api) == []
+
+
+def test_settling_an_expired_proposal_with_a_key_keeps_the_expiry_and_replays_the_409(
+    api: Api, db: Database, community: dict
+) -> None:
+    proposal = proposed(api, "alice", "bob", 5)
+    make_overdue(db, proposal["id"])
+
+    first = settle(api, proposal["id"], "accept", headers=with_key("late-accept"))
+    again = settle(api, proposal["id"], "accept", headers=with_key("late-accept"))
+
+    assert problem(first, 409, "invalid_state")["current_status"] == "expired"
+    assert (again.status_code, again.content) == (409, first.content)
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert get_exchange(api, proposal["id"])["status"] == "expired"
+    assert reserved(api, "bob") == (0, 0)
+    assert all_exchanges(api) == []
+    assert [(r.key, r.status_code) for r in idempotency_rows(db)] == [("late-accept", 409)]
+
+
+def test_refused_settlement_of_a_system_account_is_remembered_with_its_key(
+    api: Api, keys: dict[str, str]
+) -> None:
+    app, treasurer = api.as_(keys["app"]), api.as_(keys["treasurer"])
+    posted(treasurer, "@commons", "carol", 10)
+    from_commons = proposed(treasurer, "@commons", "alice", 5)
+
+    first = settle(app, from_commons["id"], "accept", headers=with_key("commons-1"))
+    again = settle(app, from_commons["id"], "accept", headers=with_key("commons-1"))
+
+    problem(first, 403, "forbidden")
+    assert (again.status_code, again.content) == (403, first.content)
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert get_exchange(api, from_commons["id"])["status"] == "pending"
 
 
 def test_unusable_idempotency_key_is_refused(api: Api, community: dict) -> None:

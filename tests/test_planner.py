@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from protocoop.errors import InvalidState, LimitExceeded, MemberInactive
+from protocoop.errors import Forbidden, InvalidState, LimitExceeded, MemberInactive
 from protocoop.ledger.chain import GENESIS_HASH, ChainedExchange, ChainEntry, verify_chain
 from protocoop.ledger.planner import (
     AccountState,
@@ -328,6 +328,27 @@ def test_settling_an_expired_proposal_releases_it_and_keeps_the_release() -> Non
         "bob": (0, 0),
     }
     assert result.writes.exchanges == []
+
+
+def test_settling_a_proposal_with_a_system_account_needs_a_treasurer_whatever_its_status() -> None:
+    from_commons = replace(proposal(NOW + timedelta(hours=1)), provider="@commons")
+    rejected = replace(from_commons, id="p2", status="rejected")
+    reserved = state(
+        account("@commons", reserved_credit=30),
+        account("bob", reserved_debit=30),
+        pending={"p1": from_commons, "p2": rejected},
+    )
+    app = plan(
+        reserved,
+        [Settle("p1", "accept", system_accounts=False), Settle("p2", "cancel", False)],
+        now=NOW,
+    )
+    assert [type(o.refusal) for o in app.outcomes] == [Forbidden, Forbidden]
+    assert not any(o.kept for o in app.outcomes)
+    assert (app.writes.accounts, app.writes.settled_pending) == ([], [])
+    treasurer = plan(reserved, [Settle("p1", "accept")], now=NOW)
+    assert treasurer.outcomes[0].refusal is None
+    assert {a.id: a.balance for a in treasurer.writes.accounts} == {"@commons": 30, "bob": -30}
 
 
 def test_each_recorded_exchange_takes_its_time_from_the_clock_never_going_back() -> None:

@@ -7,6 +7,10 @@ another request is `422 idempotency_key_reused`; a retry that arrives while the 
 running in this process is `409 request_in_progress` (across processes the second one waits for the
 first to commit, then replays it). Refusals (4xx) are stored too: they are the first response.
 Keys are scoped to the API key (and its community) and kept at least 24 hours.
+
+Requests that change a ledger (posts, batches, reversals, accept/reject/cancel) are made
+idempotent by the group-commit writer (`ledger.writer.record_group`), with the same records and
+the same answers; `respond` below serves the other writes only: members, communities and API keys.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from typing import Any
 
 from protocoop.errors import (
     DuplicateExternalId,
+    Forbidden,
     InvalidState,
     LimitExceeded,
     MemberInactive,
@@ -189,6 +190,9 @@ class Settle:
 
     exchange_id: str
     action: Settlement
+    system_accounts: bool = True
+    """Whether the sender may settle a proposal with a system account (such as @commons) as a
+    party: only a treasurer may (403 otherwise, whatever the proposal's status)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,7 +318,7 @@ class _Planner:
             if isinstance(request, Post):
                 return Outcome(result=self.post(request))
             if isinstance(request, Settle):
-                settled = self.settle(request.exchange_id, request.action)
+                settled = self.settle(request)
                 if isinstance(settled, InvalidState):
                     return Outcome(refusal=settled, kept=True)
                 return Outcome(result=settled)
@@ -362,7 +366,8 @@ class _Planner:
             for change in checked
         ]
 
-    def settle(self, exchange_id: str, action: Settlement) -> PostedExchange | InvalidState:
+    def settle(self, request: Settle) -> PostedExchange | InvalidState:
+        exchange_id, action = request.exchange_id, request.action
         row = self.state.pending.get(exchange_id)
         if row is None:
             if exchange_id in self.state.completed:
@@ -370,6 +375,10 @@ class _Planner:
                     "The exchange is completed, not pending.", current_status="completed"
                 )
             raise NotFound(f"Exchange {exchange_id!r} not found.")
+        if not request.system_accounts and (
+            row.provider.startswith("@") or row.receiver.startswith("@")
+        ):
+            raise Forbidden("Only a treasurer may settle exchanges with system accounts.")
         if exchange_id in self.expired_here:
             return InvalidState("The exchange has expired.", current_status="expired")
         status = self.resolved.get(row.id, row.status)

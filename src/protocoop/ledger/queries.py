@@ -228,19 +228,6 @@ def get_exchange(session: Session, community_id: str, exchange_id: str) -> Excha
     return _proposal_document(community_id, proposal)
 
 
-def proposal_parties(
-    session: Session, community_id: str, exchange_id: str
-) -> tuple[str, str] | None:
-    """(provider, receiver) of a proposal, in whatever status; None when there is no such
-    proposal. The parties of a proposal never change."""
-    row = session.execute(
-        select(_p.c.provider, _p.c.receiver).where(
-            _p.c.community_id == community_id, _p.c.id == exchange_id
-        )
-    ).first()
-    return (row.provider, row.receiver) if row is not None else None
-
-
 def is_due_for_expiry(session: Session, community_id: str, exchange_id: str) -> bool:
     """Whether the exchange is a pending proposal whose time is up (so a read should first
     release it)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session
@@ -14,10 +14,11 @@ from protocoop.audit_log.service import record_reversal
 from protocoop.auth.deps import DatabaseDep, Manager, Poster, Reader, revalidates_key
 from protocoop.auth.roles import Principal, Role
 from protocoop.errors import Forbidden
-from protocoop.idempotency import IdempotencyDep, IdempotencyKey, respond
+from protocoop.idempotency import IdempotencyDep, IdempotencyKey
 from protocoop.json_bodies import StrictJSONRoute
 from protocoop.ledger import queries
 from protocoop.ledger.expiry import read_after_expiry
+from protocoop.ledger.planner import Post, Settle
 from protocoop.ledger.records import Draft, PostedExchange, Settlement
 from protocoop.ledger.schemas import (
     DEFAULT_EXPIRES_IN,
@@ -28,10 +29,9 @@ from protocoop.ledger.schemas import (
     ExchangeStatus,
     ReverseRequest,
 )
-from protocoop.ledger.service import post_exchanges, settle_exchange
 from protocoop.ledger.writer import GroupCommitWriter, PostRequest
 from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
-from protocoop.responses import Rendered, problem_responses, render, render_problem
+from protocoop.responses import Rendered, problem_responses, render
 from protocoop.schemas import (
     ACCOUNT_ID_PATTERN,
     ExchangePath,
@@ -77,17 +77,17 @@ def _guard_system_accounts(
             raise Forbidden(f"Only a treasurer may {doing} exchanges with system accounts.")
 
 
-async def _post_through_writer(
+async def _through_writer(
     request: Request,
     community_id: str,
     principal: Principal,
     idempotency: IdempotencyKey | None,
-    drafts: list[Draft],
-    render_posted: Callable[[list[PostedExchange]], Rendered],
-    *,
-    batch: bool,
+    change: Post | Settle,
+    render_result: Callable[[Any], Rendered],
+    also: Callable[[Session, Any], None] | None = None,
 ) -> Response:
-    """Hand the drafts to the process's group-commit writer and wait for the answer."""
+    """Hand a change to the process's group-commit writer and wait for the answer: it is
+    recorded, and its `Idempotency-Key` checked and remembered, in one transaction."""
     writer: GroupCommitWriter = request.app.state.writer
     claim = (
         request.app.state.in_flight.claim(community_id, idempotency)
@@ -98,11 +98,11 @@ async def _post_through_writer(
         rendered = await writer.submit(
             PostRequest(
                 community_id=community_id,
-                drafts=drafts,
+                change=change,
                 key_id=principal.key_id,
                 idempotency=idempotency,
-                render=render_posted,
-                batch=batch,
+                render=render_result,
+                also=also,
             )
         )
     return rendered.to_response()
@@ -121,14 +121,13 @@ async def post_exchange(
     With `"pending": true` it is only proposed: its amount is reserved until it is accepted,
     rejected, cancelled or expires."""
     _guard_system_accounts(principal, [(spec.provider, spec.receiver)])
-    return await _post_through_writer(
+    return await _through_writer(
         request,
         community_id,
         principal,
         idempotency,
-        [draft(spec)],
+        Post([draft(spec)], created_by=principal.key_id),
         lambda posted: render(201, queries.document(posted[0])),
-        batch=False,
     )
 
 
@@ -144,14 +143,13 @@ async def post_batch(
     """Record up to 1000 exchanges in order, all or nothing: a refusal names the item's `index`.
     Limits apply to the running balances within the batch."""
     _guard_system_accounts(principal, ((spec.provider, spec.receiver) for spec in batch.exchanges))
-    return await _post_through_writer(
+    return await _through_writer(
         request,
         community_id,
         principal,
         idempotency,
-        [draft(spec) for spec in batch.exchanges],
+        Post([draft(spec) for spec in batch.exchanges], created_by=principal.key_id, batch=True),
         lambda posted: render(201, {"exchanges": [queries.document(p) for p in posted]}),
-        batch=True,
     )
 
 
@@ -161,7 +159,8 @@ async def post_batch(
     response_model=ExchangePublic,
     responses=POSTING_PROBLEMS,
 )
-def reverse_exchange(
+@revalidates_key
+async def reverse_exchange(
     community_id: str,
     exchange_id: ExchangePath,
     spec: ReverseRequest,
@@ -175,8 +174,7 @@ def reverse_exchange(
         provider="", receiver="", amount=0, description=spec.reason, reverses=exchange_id
     )
 
-    def work(session: Session) -> Rendered:
-        posted = post_exchanges(session, community_id, [reversal], created_by=principal.key_id)
+    def audit(session: Session, posted: list[PostedExchange]) -> None:
         record_reversal(
             session,
             community_id,
@@ -185,37 +183,49 @@ def reverse_exchange(
             reversal_id=posted[0].id,
             reason=spec.reason,
         )
-        return render(201, queries.public(posted[0]))
 
-    return respond(request, community_id, idempotency, work)
+    return await _through_writer(
+        request,
+        community_id,
+        principal,
+        idempotency,
+        Post([reversal], created_by=principal.key_id),
+        lambda posted: render(201, queries.public(posted[0])),
+        also=audit,
+    )
 
 
-def _settle(
+async def _settle(
     request: Request,
     community_id: str,
     exchange_id: str,
     action: Settlement,
-    idempotency: IdempotencyDep,
+    idempotency: IdempotencyKey | None,
     principal: Principal,
 ) -> Response:
+    """Accept, reject or cancel a proposal. One found expired is released (that is kept) and
+    the answer is `409 invalid_state` with `current_status` `expired`."""
     exchange_id = exchange_id_in_path(exchange_id)
-
-    def work(session: Session) -> Rendered:
-        parties = queries.proposal_parties(session, community_id, exchange_id)
-        _guard_system_accounts(principal, [parties] if parties else [], "settle")
-        settled = settle_exchange(session, community_id, exchange_id, action)
-        if isinstance(settled, Exception):  # found expired: the release is kept, the answer 409
-            return render_problem(settled)
-        return render(200, queries.public(settled))
-
-    return respond(request, community_id, idempotency, work)
+    return await _through_writer(
+        request,
+        community_id,
+        principal,
+        idempotency,
+        Settle(
+            exchange_id,
+            action,
+            system_accounts=principal.role in (Role.ADMIN, Role.TREASURER),
+        ),
+        lambda settled: render(200, queries.public(settled)),
+    )
 
 
 SETTLE_RESPONSES = problem_responses(401, 403, 404, 409, 503)
 
 
 @router.post("/{exchange_id}/accept", response_model=ExchangePublic, responses=SETTLE_RESPONSES)
-def accept_exchange(
+@revalidates_key
+async def accept_exchange(
     community_id: str,
     exchange_id: ExchangePath,
     principal: Poster,
@@ -224,11 +234,12 @@ def accept_exchange(
 ) -> Response:
     """Accept a pending exchange: it is recorded now (entries, `seq`, `hash`) and its
     reservation released, in one transaction. Never fails on limits: they were reserved."""
-    return _settle(request, community_id, exchange_id, "accept", idempotency, principal)
+    return await _settle(request, community_id, exchange_id, "accept", idempotency, principal)
 
 
 @router.post("/{exchange_id}/reject", response_model=ExchangePublic, responses=SETTLE_RESPONSES)
-def reject_exchange(
+@revalidates_key
+async def reject_exchange(
     community_id: str,
     exchange_id: ExchangePath,
     principal: Poster,
@@ -236,11 +247,12 @@ def reject_exchange(
     request: Request,
 ) -> Response:
     """The counterparty declines a pending exchange; its reservation is released."""
-    return _settle(request, community_id, exchange_id, "reject", idempotency, principal)
+    return await _settle(request, community_id, exchange_id, "reject", idempotency, principal)
 
 
 @router.post("/{exchange_id}/cancel", response_model=ExchangePublic, responses=SETTLE_RESPONSES)
-def cancel_exchange(
+@revalidates_key
+async def cancel_exchange(
     community_id: str,
     exchange_id: ExchangePath,
     principal: Poster,
@@ -248,7 +260,7 @@ def cancel_exchange(
     request: Request,
 ) -> Response:
     """The initiator withdraws a pending exchange; its reservation is released."""
-    return _settle(request, community_id, exchange_id, "cancel", idempotency, principal)
+    return await _settle(request, community_id, exchange_id, "cancel", idempotency, principal)
 
 
 @router.get("", response_model=Page[ExchangePublic], responses=problem_responses(401, 404, 422))

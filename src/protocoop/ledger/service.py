@@ -5,7 +5,9 @@ expiries — runs `record` inside one write transaction: the store (`ledger.stor
 ledger head and then everything the group touches and reads it in a few batched statements, the
 planner (`ledger.planner`) decides each request's outcome and the group's writes in memory, and
 the store writes them. The caller commits once. A refusal of one request leaves the others
-untouched, which is what group commit needs.
+untouched, which is what group commit needs. Requests from clients reach it through the
+group-commit writer (`ledger.writer.record_group`), which also checks and remembers their
+`Idempotency-Key`s in the same transaction.
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from protocoop.clock import utc_now
-from protocoop.errors import InvalidState
-from protocoop.ledger.planner import Expire, Outcome, Post, Request, Settle, plan
-from protocoop.ledger.records import Draft, PostedExchange, Settlement
+from protocoop.ledger.planner import Expire, Outcome, Request, plan
 from protocoop.ledger.store import LedgerStore
 
 
@@ -56,32 +56,6 @@ def _result(outcome: Outcome) -> Any:
     if outcome.refusal is not None:
         raise outcome.refusal
     return outcome.result
-
-
-def post_exchanges(
-    session: Session,
-    community_id: str,
-    drafts: Sequence[Draft],
-    *,
-    created_by: str | None,
-    batch: bool = False,
-) -> list[PostedExchange]:
-    """Record `drafts` in one community, all or nothing, in the caller's transaction."""
-    [outcome] = record(session, community_id, [Post(drafts, created_by, batch)])
-    posted: list[PostedExchange] = _result(outcome)
-    return posted
-
-
-def settle_exchange(
-    session: Session, community_id: str, exchange_id: str, action: Settlement
-) -> PostedExchange | InvalidState:
-    """Accept, reject or cancel a pending exchange, in the caller's transaction. An exchange
-    found expired is released (and the refusal returned, for the caller to send after commit)."""
-    [outcome] = record(session, community_id, [Settle(exchange_id, action)])
-    if outcome.kept and isinstance(outcome.refusal, InvalidState):
-        return outcome.refusal
-    settled: PostedExchange = _result(outcome)
-    return settled
 
 
 def expire_due(session: Session, community_id: str, account_id: str | None = None) -> int:

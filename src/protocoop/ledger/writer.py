@@ -1,5 +1,9 @@
 """Group commit: one writer thread per process records concurrent posts in shared transactions.
 
+Every request that changes a ledger comes this way: posts and batches, reversals, and the
+accept, reject and cancel of proposals. This is also the one place where `Idempotency-Key`s of
+those requests are checked and remembered.
+
 A posting request does not open a transaction of its own. It is queued; the writer takes every
 request waiting (up to `max_group`), groups them by community and records each group in **one**
 transaction: one lock of the ledger head, one INSERT per table, one commit (and one fsync). Under
@@ -24,7 +28,7 @@ import queue
 import threading
 import zlib
 from collections import defaultdict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, cast
@@ -43,8 +47,7 @@ from protocoop.errors import (
     Unavailable,
 )
 from protocoop.idempotency import REPLAYED_HEADER, IdempotencyKey
-from protocoop.ledger.planner import Outcome, Post
-from protocoop.ledger.records import Draft, PostedExchange
+from protocoop.ledger.planner import Outcome, Post, Settle
 from protocoop.ledger.service import record
 from protocoop.ledger.store import LedgerStore
 from protocoop.observability import count_posting_answer
@@ -55,16 +58,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class PostRequest:
-    """One posting request waiting for the writer."""
+    """One request that changes a ledger, waiting for the writer: a post or batch (`Post`,
+    reversals included) or a proposal's accept, reject or cancel (`Settle`)."""
 
     community_id: str
-    drafts: Sequence[Draft]
+    change: Post | Settle
     key_id: str
     """The API key that sent it (checked again when recorded)."""
     idempotency: IdempotencyKey | None
-    render: Callable[[list[PostedExchange]], Rendered]
-    """How to answer once recorded (single exchange or batch document)."""
-    batch: bool = False
+    render: Callable[[Any], Rendered]
+    """How to answer once recorded, from the planner's result (the exchanges of a `Post`, the
+    exchange of a `Settle`)."""
+    also: Callable[[Session, Any], None] | None = None
+    """More to write in the same transaction once it succeeded (the audit log of a reversal)."""
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     answer: asyncio.Future[Rendered] = field(init=False)
 
@@ -171,7 +177,10 @@ class GroupCommitWriter:
                 self.on_group(len(requests))
             for request, answer in zip(requests, answers, strict=True):
                 request.deliver(answer)
-                count_posting_answer(answer.status_code, answer.body, len(request.drafts))
+                if isinstance(request.change, Post):
+                    count_posting_answer(
+                        answer.status_code, answer.body, len(request.change.drafts)
+                    )
 
     def _record_alone(self, community_id: str, request: PostRequest) -> Rendered:
         try:
@@ -267,6 +276,7 @@ def record_group(
     )
     answers: list[Rendered | None] = []
     planned: list[int] = []
+    succeeded: list[tuple[PostRequest, Any]] = []
     for index, request in enumerate(requests):
         key = request.idempotency
         first = stored.get((key.api_key_id, key.key)) if key else None
@@ -302,7 +312,9 @@ def record_group(
             if outcome.refusal is not None:
                 answer = render_problem(outcome.refusal)
             else:
-                answer = request.render(cast(list[PostedExchange], outcome.result))
+                answer = request.render(outcome.result)
+                if request.also is not None:
+                    succeeded.append((request, outcome.result))
             answers[index] = answer
             key = request.idempotency
             if key is not None:
@@ -323,11 +335,10 @@ def record_group(
     record(
         session,
         community_id,
-        [
-            Post(requests[i].drafts, created_by=requests[i].key_id, batch=requests[i].batch)
-            for i in planned
-        ],
+        [requests[i].change for i in planned],
         store=store,
         remembered=remembered,
     )
+    for request, result in succeeded:
+        cast(Callable[[Session, Any], None], request.also)(session, result)
     return [answer for answer in answers if answer is not None]
