@@ -9,6 +9,7 @@ close a connection.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import uuid
@@ -23,12 +24,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import OperationalError
 
 pytest.register_assert_rewrite("tests.live_server", "tests.fault_helpers")
 
 from protocoop.app import create_app  # noqa: E402
 from protocoop.auth.roles import Role  # noqa: E402
 from protocoop.config import Settings  # noqa: E402
+from protocoop.db.engine import lost_connection  # noqa: E402
 from tests.conftest import make_key  # noqa: E402
 from tests.fault_helpers import check_ledger_matches_load, serving  # noqa: E402
 from tests.live_server import ExchangeLoad, create_tight_community  # noqa: E402
@@ -205,27 +208,27 @@ def test_reads_and_posts_go_on_when_the_database_ends_their_session(
 
 
 @postgres_only
-def test_a_session_ended_during_commit_is_a_503_that_the_idempotency_key_resolves(
+def test_a_session_ended_as_it_commits_is_resolved_by_the_server(
     lossy_app: tuple[TestClient, SessionKiller, dict[str, str]],
 ) -> None:
-    """Whether a COMMIT whose connection died took effect cannot be known from this side: the
-    post is not silently run again; it is answered 503, and the client's retry with the same
-    Idempotency-Key records it exactly once."""
+    """The session is ended as the transaction commits: the server asks PostgreSQL, on a new
+    connection, whether that transaction took effect, and runs it again only if it did not. The
+    post is answered 201 at once and recorded exactly once; a retry with the same key replays
+    it."""
     client, killer, tokens = lossy_app
     key = str(uuid.uuid4())
     killer.arm("commit")
     first = _post(client, tokens["app"], 5, key)
     assert killer.fired == 1
-    assert first.status_code == 503, first.text
-    assert first.json()["code"] == "unavailable"
-    retried = _post(client, tokens["app"], 5, key)
-    assert retried.status_code == 201, retried.text
+    assert first.status_code == 201, first.text
     again = _post(client, tokens["app"], 5, key)
-    assert again.json() == retried.json()
+    assert again.status_code == 201
+    assert again.json() == first.json()
+    assert again.headers.get("Idempotent-Replayed") == "true"
     ledger = client.get(
         "/v1/communities/riverside/exchanges", headers={"Authorization": tokens["admin"]}
     ).json()["items"]
-    assert [x["id"] for x in ledger if x["amount"] == 5] == [retried.json()["id"]]
+    assert [x["id"] for x in ledger if x["amount"] == 5] == [first.json()["id"]]
 
 
 @postgres_only
@@ -349,3 +352,22 @@ def test_sessions_ended_under_load_cost_no_request(
         assert not load.idempotency_violations(), load.idempotency_violations()[:3]
         assert lost > 0, "no request met an ended session: the test proves nothing"
         check_ledger_matches_load(server, COMMUNITY, load)
+
+
+@pytest.mark.parametrize(
+    ("orig", "lost"),
+    [
+        (psycopg.OperationalError("connection socket closed"), True),
+        (psycopg.OperationalError("consuming input failed: server closed the connection"), True),
+        (psycopg.errors.AdminShutdown("terminating connection due to administrator command"), True),
+        (psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), False),
+        (psycopg.OperationalError("connection failed: Connection refused"), False),
+        (sqlite3.OperationalError("database is locked"), False),
+    ],
+)
+def test_a_connection_closed_under_a_running_statement_is_run_again(
+    orig: Exception, lost: bool
+) -> None:
+    """psycopg may report the closed socket before SQLAlchemy sees the connection as broken
+    (seen under load: six 503s in one run); it is still a lost connection, and only that."""
+    assert lost_connection(OperationalError("SELECT 1", {}, orig)) is lost

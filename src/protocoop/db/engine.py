@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+_CURRENT_XID = text("SELECT pg_current_xact_id()::text")
+_XACT_STATUS = text("SELECT pg_xact_status(CAST(:xid AS xid8))")
+"""A write transaction notes its id before COMMIT; if the connection is lost during COMMIT, a new
+connection asks whether it took effect (PostgreSQL 13+), so the work is neither lost nor run
+twice."""
 _UNDEFINED_TABLE = "42P01"
 _SQLITE_BEGIN = "protocoop_sqlite_begin"
 
@@ -137,10 +142,30 @@ def is_retryable(error: DBAPIError) -> bool:
     return getattr(error.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES
 
 
+_CLOSED_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+"""admin_shutdown (pg_terminate_backend), crash_shutdown, cannot_connect_now."""
+_CLOSED_SOCKET = ("socket closed", "server closed the connection", "consuming input failed")
+"""How psycopg words a connection whose socket the server closed under a running statement
+(without a SQLSTATE, and sometimes before SQLAlchemy sees the connection as broken)."""
+
+
 def lost_connection(error: DBAPIError) -> bool:
-    """The database closed the connection (SQLAlchemy has discarded it and every pooled
-    connection opened before it), rather than stopped answering or refused the work."""
-    return error.connection_invalidated and not cut_by_watchdog(error)
+    """The database closed the connection, rather than stopped answering or refused the work.
+    SQLAlchemy usually notices (and discards it and every pooled connection opened before it);
+    when psycopg reports a closed socket before the connection counts as broken, the pool's
+    failed reset discards it instead."""
+    if cut_by_watchdog(error):
+        return False
+    if error.connection_invalidated:
+        return True
+    orig = error.orig
+    if not type(orig).__module__.startswith("psycopg"):
+        return False
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate is not None:
+        return sqlstate in _CLOSED_SQLSTATES
+    message = str(orig)
+    return any(words in message for words in _CLOSED_SOCKET)
 
 
 def schema_missing(error: BaseException) -> bool:
@@ -238,22 +263,43 @@ class Database:
             if not self._sqlite_writer.acquire(timeout=timeout):
                 raise Unavailable("The database is busy; retry with the same Idempotency-Key.")
         committing = False
+        xid: str | None = None
         try:
             with self._writer() as session, session.begin():
                 yield session
                 session.flush()
+                if self._sqlite_writer is None:
+                    xid = session.execute(_CURRENT_XID).scalar_one()
                 committing = True  # from here on, a lost connection leaves the outcome unknown
         except DBAPIError as error:
             if is_retryable(error) or isinstance(error, IntegrityError):
                 raise
-            if not committing and lost_connection(error):
-                raise connection_lost(error.orig) from error
+            if lost_connection(error):
+                outcome = self._outcome(xid) if committing else "aborted"
+                if outcome == "committed":
+                    log.info("database connection lost (%s) after COMMIT took effect", error.orig)
+                    return  # the work's result stands
+                if outcome == "aborted":
+                    raise connection_lost(error.orig) from error
             raise as_unavailable(error) from error
         except PoolTimeout as error:  # every connection busy for `pool_timeout`: not a 500
             raise as_unavailable(error) from error
         finally:
             if self._sqlite_writer is not None:
                 self._sqlite_writer.release()
+
+    def _outcome(self, xid: str | None) -> str | None:
+        """Whether the PostgreSQL transaction `xid`, whose connection was lost during COMMIT,
+        committed ("committed", "aborted"), asked on a new connection; None when that cannot be
+        known (the database is unreachable too)."""
+        if xid is None:
+            return None
+        try:
+            with self.engine.connect() as connection:
+                status = connection.execute(_XACT_STATUS, {"xid": xid}).scalar()
+        except (DBAPIError, PoolTimeout):
+            return None
+        return str(status) if status is not None else None
 
     def run_write(self, work: Callable[[Session], T]) -> T:
         """Run `work` in a write transaction, retrying deadlocks and serialization failures, and

@@ -7,8 +7,10 @@ is the transaction that was running on it; nothing committed, so it runs again o
 connection:
 
 - a write that lost its connection before its COMMIT was sent (`Database.run_write`). One that
-  loses it *during* COMMIT may or may not have committed: that one is answered 503, and the
-  client's retry with the same Idempotency-Key finds out which;
+  loses it *during* COMMIT may or may not have committed: on PostgreSQL it noted its transaction
+  id before committing, and a new connection asks `pg_xact_status` which it was — committed, the
+  work's result stands; aborted, it runs again; unknown (the database is gone too), 503, and the
+  client's retry with the same Idempotency-Key finds out;
 - a read in `Database.run_read`, on a new snapshot;
 - a `GET` or `HEAD` whose read transaction (`with db.read()`) lost its connection: the request is
   answered again from the start (`protocoop.replay`), provided nothing of the first answer was
