@@ -1,7 +1,7 @@
 """How long does the mutuality report take on a big community, and what does an export cost?
 
 Builds a community of 10,000 members and 1,000,000 exchanges on PostgreSQL (100,000 on SQLite)
-through the batch posting path (`post_exchanges`, 1,000 exchanges per transaction), analyzes the
+through the posting transaction (`ledger.service.record`, 1,000 exchanges per batch), analyzes the
 tables after loading (never before: see README, *Operations*), then times:
 - a full audit (`protocoop check`'s work: every exchange re-hashed), which records the checkpoint
   later reports verify from;
@@ -43,8 +43,9 @@ from protocoop.communities.service import create_community
 from protocoop.config import Settings
 from protocoop.db import Database, migrate
 from protocoop.db.models import Account, Member
+from protocoop.ledger.planner import Post
 from protocoop.ledger.records import Draft
-from protocoop.ledger.service import post_exchanges
+from protocoop.ledger.service import record
 from protocoop.mutuality.service import community_mutuality
 
 BATCH = 1000
@@ -113,11 +114,13 @@ def post_random(db: Database, ids: list[str], count: int, rng: random.Random, st
             Draft(*rng.sample(ids, 2), rng.randint(1, 10_000), "bench exchange")
             for _ in range(min(BATCH, count - offset))
         ]
-        db.run_write(
-            lambda session, drafts=drafts: post_exchanges(
-                session, COMMUNITY, drafts, created_by=None, batch=True
+        [outcome] = db.run_write(
+            lambda session, drafts=drafts: record(
+                session, COMMUNITY, [Post(drafts, created_by=None, batch=True)]
             )
         )
+        if outcome.refusal is not None:
+            raise outcome.refusal
         if start + offset in RECONNECT_AT:
             # PostgreSQL keeps a connection's foreign-key check plans from when the tables were
             # nearly empty; fresh connections plan them for the tables' real size (README).
