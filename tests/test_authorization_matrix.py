@@ -1,5 +1,5 @@
 """The authorization matrix: every route the app serves, as a key of every role, in the key's own
-community and in another one, answers exactly as DESIGN §2's role table says — allowed, `403
+community and in another one, answers exactly as docs/design.md §2's role table says — allowed, `403
 forbidden` (a role not allowed in its own community) or `404 not_found` (any key of another
 community, as if it did not exist) — and without a key, `401`.
 
@@ -84,7 +84,7 @@ MATRIX: dict[tuple[str, str], frozenset[Role] | None] = {
     ("GET", f"{C}/audit-log"): OVERSEERS,
     ("GET", f"{C}/events"): ANY_KEY,
 }  # fmt: skip
-"""(method, path) -> the roles that may call it (DESIGN §2), or PUBLIC."""
+"""(method, path) -> the roles that may call it (docs/design.md §2), or PUBLIC."""
 
 KEYS_OF_A_COMMUNITY = {("POST", "/v1/api-keys"), ("DELETE", "/v1/api-keys/{key_id}")}
 """Routes outside the community paths that act on one community's keys: for another community's

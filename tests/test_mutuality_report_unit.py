@@ -1,6 +1,6 @@
-"""The mutuality report's definitions (DESIGN §3), checked with literal numbers and no database:
-reciprocity and standing, the mutuality index and velocity, who is near or outside a limit,
-which warnings are given, and when mutuality holds."""
+"""The mutuality report's definitions (docs/design.md §3), checked with literal numbers and no
+database: reciprocity and standing, the mutuality index and velocity, who is near or outside a
+limit, which warnings are given, and when mutuality holds."""
 
 from __future__ import annotations
 

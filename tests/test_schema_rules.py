@@ -1,9 +1,9 @@
 """Rules the migrated schema itself must keep, whatever the Python code does.
 
-DESIGN §4's scale-out rule: every table that belongs to a community has `community_id` first in its
-primary key and in every unique constraint, and its foreign keys to other community tables carry
-`community_id` (what Citus needs to co-locate a community's rows). It is checked on the *migrated
-PostgreSQL schema*, not on the models, so a migration that breaks it fails here.
+docs/design.md §4's scale-out rule: every table that belongs to a community has `community_id`
+first in its primary key and in every unique constraint, and its foreign keys to other community
+tables carry `community_id` (what Citus needs to co-locate a community's rows). It is checked on
+the *migrated PostgreSQL schema*, not on the models, so a migration that breaks it fails here.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def community_tables(inspector: Inspector, schema: str | None = None) -> set[str
 
 
 def scale_out_violations(inspector: Inspector, schema: str | None = None) -> list[str]:
-    """Every way the schema breaks DESIGN §4's rule, one line each (empty when it holds)."""
+    """Every way the schema breaks docs/design.md §4's rule, one line each (empty when it holds)."""
     owned = community_tables(inspector, schema)
     violations: list[str] = []
     not_first = "does not start with community_id"

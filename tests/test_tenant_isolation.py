@@ -59,7 +59,7 @@ ROLE_RULES: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", f"{COMMUNITY_PREFIX}/members/{{member_id}}/mutuality"): ALL_ROLES,
     ("GET", f"{COMMUNITY_PREFIX}/audit"): OVERSEERS,
 }
-"""DESIGN §2's role table for the routes under one community."""
+"""docs/design.md §2's role table for the routes under one community."""
 
 WRITES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", COMMUNITY_PREFIX): {"name": "Taken over", "default_lower_limit": -999},

@@ -8,7 +8,9 @@ from protocoop.schemas import ResponseModel, Timestamp
 
 
 class AuditProblem(ResponseModel):
-    invariant: int = Field(description="Which of DESIGN §1's invariants does not hold (1-5).")
+    invariant: int = Field(
+        description="Which of the invariants of docs/design.md §1 does not hold (1-5)."
+    )
     code: str = Field(description="Stable machine code of the problem.")
     detail: str
     exchange_id: str | None = None

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 
 class Role(StrEnum):
-    """What a key may do (DESIGN §2's role table)."""
+    """What a key may do (docs/design.md §2's role table)."""
 
     ADMIN = "admin"
     """The whole instance: everything, including communities and keys."""

@@ -3,7 +3,7 @@
 Global tables (`communities`, `api_keys`) are small and would be reference tables on a sharded
 cluster. Every other table belongs to one community: `community_id` is the first column of its
 primary key and of every unique constraint, and its foreign keys to other community tables include
-`community_id`, so a community's rows can live together on one shard (DESIGN §4).
+`community_id`, so a community's rows can live together on one shard (docs/design.md §4).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Does mutuality hold? A pure computation over plain figures (DESIGN §3).
+"""Does mutuality hold? A pure computation over plain figures (docs/design.md §3).
 
 Nothing here touches SQL, HTTP or the ORM: the figures come in as frozen dataclasses (SQL
 aggregates produce them) and a `MutualityReport` comes out, so every definition can be checked

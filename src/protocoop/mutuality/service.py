@@ -45,7 +45,7 @@ def community_mutuality(
     *,
     full_audit: bool = False,
 ) -> MutualityPublic:
-    """The mutuality report (DESIGN §3) over the exchanges recorded in [since, until).
+    """The mutuality report (docs/design.md §3) over the exchanges recorded in [since, until).
 
     Integrity is checked since the last audit checkpoint, or from the first exchange with
     `full_audit`."""
