@@ -298,3 +298,13 @@ def percentile_ms(histogram: list[list[int]], fraction: float) -> float:
         if seen >= rank:
             return value / 1000
     return max(counts) / 1000
+
+
+def autovacuum(server_url: str) -> str:
+    """`SHOW autovacuum` on a PostgreSQL server."""
+    engine = create_engine(server_url)
+    try:
+        with engine.connect() as connection:
+            return str(connection.execute(text("SHOW autovacuum")).scalar_one())
+    finally:
+        engine.dispose()

@@ -51,6 +51,7 @@ from sqlalchemy import create_engine, text
 from bench.common import (
     COMMUNITY,
     POSTGRES_URL,
+    autovacuum,
     fresh_database,
     group_cpu_seconds,
     prepare,
@@ -197,15 +198,6 @@ def private_cluster() -> Iterator[str]:
         server.close()
 
 
-def _autovacuum(server_url: str) -> str:
-    engine = create_engine(server_url)
-    try:
-        with engine.connect() as connection:
-            return str(connection.execute(text("SHOW autovacuum")).scalar_one())
-    finally:
-        engine.dispose()
-
-
 def run(
     kind: str,
     exchanges: int,
@@ -238,7 +230,7 @@ def run(
         workdir = Path(tempfile.mkdtemp(prefix="protocoop-flat-"))
         try:
             with private_cluster() if where == "private" else _given(postgres_url) as server_url:
-                label = f"postgresql {where} (autovacuum {_autovacuum(server_url)})"
+                label = f"postgresql {where} (autovacuum {autovacuum(server_url)})"
                 with fresh_database("postgresql", workdir, server_url) as url:
                     runs.append(measure(label, url, workdir, **options))  # type: ignore[arg-type]
         finally:

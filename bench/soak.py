@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, text
 
 from bench.common import (
     COMMUNITY,
     MEMBER_PREFIX,
     POSTGRES_URL,
+    autovacuum,
     create_key,
     fresh_database,
     group_cpu_seconds,
@@ -70,16 +70,6 @@ def _window(chunks: list[dict[str, Any]], label: str) -> dict[str, Any]:
         "p99_ms": percentile_ms(merged, 0.99),
         "errors": sum(c["errors"] for c in chunks),
     }
-
-
-def autovacuum(server_url: str) -> str:
-    """`SHOW autovacuum` on a PostgreSQL server."""
-    engine = create_engine(server_url)
-    try:
-        with engine.connect() as connection:
-            return str(connection.execute(text("SHOW autovacuum")).scalar_one())
-    finally:
-        engine.dispose()
 
 
 def run(
