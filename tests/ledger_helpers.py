@@ -102,7 +102,7 @@ def forged_cursor(position: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(position).encode()).decode().rstrip("=")
 
 
-# --- the hash chain, as a reader of the README would recompute it ------------------------------
+# --- the hash chain, as a reader of docs/design.md would recompute it -----------------------
 
 
 def canonical_time(value: str) -> str:

@@ -1,4 +1,4 @@
-"""Anyone can recompute the hash chain from what the API returns, as the README describes:
+"""Anyone can recompute the hash chain from what the API returns, as docs/design.md §1 describes:
 hash = sha256_hex(prev_hash + canonical JSON), the first prev_hash 64 zeros. The
 recomputation is written from the contract (tests/ledger_helpers.recompute_hash), not from
 protocoop's own code."""

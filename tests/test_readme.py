@@ -1,4 +1,5 @@
-"""The README's recipes run as written, against a real `protocoop serve`."""
+"""The documents' recipes run as written, against a real `protocoop serve`: the hash-chain verifier
+of docs/design.md §1."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from tests.live_server import LiveServer, admin_call, create_tight_community  # 
 
 pytest_plugins = ["tests.live_server"]
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+DESIGN = Path(__file__).resolve().parent.parent / "docs" / "design.md"
 
 
-def shell_block_containing(marker: str) -> str:
-    """The README's ```sh block that holds `marker`."""
-    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+def shell_block_containing(document: Path, marker: str) -> str:
+    """The ```sh block of `document` that holds `marker`."""
+    blocks = re.findall(r"```sh\n(.*?)```", document.read_text(encoding="utf-8"), flags=re.S)
     matching = [block for block in blocks if marker in block]
     assert len(matching) == 1, f"expected one ```sh block with {marker!r}, found {len(matching)}"
     return matching[0]
@@ -54,7 +55,7 @@ def test_the_chain_verifier_follows_every_page_of_the_ledger(live_server: LiveSe
     last_hash = newest.json()["items"][-1]["hash"]
 
     result = subprocess.run(
-        ["bash", "-c", shell_block_containing("chain verified")],
+        ["bash", "-c", shell_block_containing(DESIGN, "chain verified")],
         env={**os.environ, "API": live_server.base_url, "TOKEN": str(live_server.admin_token)},
         capture_output=True,
         text=True,
