@@ -2,7 +2,7 @@
 
 Builds a community of 10,000 members and 1,000,000 exchanges on PostgreSQL (100,000 on SQLite)
 through the posting transaction (`ledger.service.record`, 1,000 exchanges per batch), analyzes the
-tables after loading (never before: see README, *Operations*), then times:
+tables after loading (never before: see docs/operations.md, *Planner statistics*), then times:
 - a full audit (`protocoop check`'s work: every exchange re-hashed), which records the checkpoint
   later reports verify from;
 - the mutuality report, whole history (the HTTP route's call, in a read transaction), and over a
@@ -123,7 +123,8 @@ def post_random(db: Database, ids: list[str], count: int, rng: random.Random, st
             raise outcome.refusal
         if start + offset in RECONNECT_AT:
             # PostgreSQL keeps a connection's foreign-key check plans from when the tables were
-            # nearly empty; fresh connections plan them for the tables' real size (README).
+            # nearly empty; fresh connections plan them for the tables' real size
+            # (docs/operations.md).
             db.engine.dispose()
 
 
