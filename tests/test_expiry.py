@@ -4,19 +4,20 @@ server's periodic sweep, even if nobody looks.
 
 Making time pass: most tests move the proposal back in time in `pending_exchanges`
 (`workflow_helpers.make_overdue`); `test_proposal_expires_exactly_when_its_expires_in_has_passed`
-instead moves the service's clock forward (monkeypatching `utc_now` where the ledger reads it)."""
+instead moves the service's clock forward (`protocoop.clock.use_clock` with a `ManualClock`)."""
 
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta
+from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from protocoop.app import create_app
-from protocoop.clock import utc_now
+from protocoop.clock import ManualClock, use_clock
 from protocoop.config import Settings
 from protocoop.db import Database
 from protocoop.ledger import expiry
@@ -207,42 +208,36 @@ def test_server_sweeps_overdue_proposals_without_anyone_reading_them(
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> list[timedelta]:
-    """The service's clock, as seen by the ledger: `clock[0]` is how far ahead of real time it
-    runs."""
-    offset = [timedelta(0)]
-
-    def shifted() -> datetime:
-        return utc_now() + offset[0]
-
-    for module in ("service", "queries", "expiry"):
-        monkeypatch.setattr(f"protocoop.ledger.{module}.utc_now", shifted)
-    return offset
+def clock() -> Iterator[ManualClock]:
+    """The server's clock (the test's process serves the API), moved forward by the test."""
+    with use_clock(ManualClock()) as manual:
+        assert isinstance(manual, ManualClock)
+        yield manual
 
 
 def test_proposal_expires_exactly_when_its_expires_in_has_passed(
-    api: Api, db: Database, community: dict, clock: list[timedelta]
+    api: Api, db: Database, community: dict, clock: ManualClock
 ) -> None:
     proposal = proposed(api, "alice", "bob", 10, expires_in=60)
 
-    clock[0] = timedelta(seconds=55)
+    clock.offset = timedelta(seconds=55)
     assert get_exchange(api, proposal["id"])["status"] == "pending"
     assert reserved(api, "bob") == (10, 0)
     assert expiry.sweep(db) == 0
 
-    clock[0] = timedelta(seconds=61)
+    clock.offset = timedelta(seconds=61)
     assert get_exchange(api, proposal["id"])["status"] == "expired"
     assert reserved(api, "bob") == (0, 0)
 
 
 def test_proposal_accepted_before_it_expires_is_completed_for_good(
-    api: Api, db: Database, community: dict, clock: list[timedelta]
+    api: Api, db: Database, community: dict, clock: ManualClock
 ) -> None:
     proposal = proposed(api, "alice", "bob", 10, expires_in=60)
-    clock[0] = timedelta(seconds=50)
+    clock.offset = timedelta(seconds=50)
     assert settle(api, proposal["id"], "accept").status_code == 200
 
-    clock[0] = timedelta(days=1)
+    clock.offset = timedelta(days=1)
 
     assert expiry.sweep(db) == 0
     assert get_exchange(api, proposal["id"])["status"] == "completed"

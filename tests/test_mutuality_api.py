@@ -4,7 +4,7 @@ with a balance, reversals left out, windows, one member's partners, policy chang
 the report, and a row tampered with in SQL.
 
 Dormancy: exchanges cannot be backdated through the API, so the test records them as if it were
-200 days ago by moving the clock the posting code reads (`protocoop.ledger.service.utc_now`)
+200 days ago by moving the server's clock (`protocoop.clock.use_clock`)
 back while they are posted. The ledger stays whole and consistent (created_at, the hash chain,
 `accounts.last_exchange_at`), exactly as if they had been posted then; later exchanges are posted
 at the real time. (The clock only moves back for the first exchanges: posting never lets time run
@@ -19,9 +19,8 @@ import pytest
 from sqlalchemy import text
 
 from protocoop.auth.roles import Role
-from protocoop.clock import rfc3339
+from protocoop.clock import ManualClock, rfc3339, use_clock
 from protocoop.db import Database
-from protocoop.ledger import service as ledger_service
 from protocoop.mutuality import figures as figures_module
 from tests.conftest import Api, create_community, create_member, make_key
 from tests.ledger_helpers import (
@@ -216,16 +215,15 @@ def test_patched_near_limit_ratio_widens_who_is_near(api: Api, community: dict[s
 
 
 @pytest.fixture
-def dormant_history(
-    api: Api, community: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> dict[str, datetime]:
+def dormant_history(api: Api, community: dict[str, Any]) -> dict[str, datetime]:
     """alice gave bob 30 two hundred days ago, and neither has exchanged since; carol and dave
     exchanged today (and are square, dave owing carol 5)."""
     create_member(api, "riverside", "dave")
     long_ago = datetime.now(UTC) - timedelta(days=200)
-    monkeypatch.setattr(ledger_service, "utc_now", lambda: long_ago)
-    old = posted(api, "alice", "bob", 30)
-    monkeypatch.undo()
+    with use_clock(ManualClock()) as clock:
+        assert isinstance(clock, ManualClock)
+        clock.set(long_ago)
+        old = posted(api, "alice", "bob", 30)
     posted(api, "carol", "dave", 5)
     recorded = datetime.fromisoformat(old["created_at"].replace("Z", "+00:00"))
     assert abs(recorded - long_ago) < timedelta(seconds=1)
