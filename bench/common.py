@@ -21,12 +21,12 @@ import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from protocoop.auth import service as keys_service
 from protocoop.auth.roles import Role
 from protocoop.communities import service as communities_service
 from protocoop.communities.schemas import CommunityCreate
 from protocoop.config import Settings
 from protocoop.db import Database, migrate
+from protocoop.keys import service as keys_service
 from protocoop.members import service as members_service
 from protocoop.members.schemas import MemberCreate
 

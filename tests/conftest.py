@@ -21,11 +21,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from protocoop.app import create_app
-from protocoop.auth import service as keys_service
 from protocoop.auth.roles import Role
 from protocoop.config import Settings
 from protocoop.db import Database, migrate
 from protocoop.db.base import Base
+from protocoop.keys import service as keys_service
 
 POSTGRES_ENV = "PROTOCOOP_TEST_POSTGRES_URL"
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -6,10 +6,10 @@ import hashlib
 
 from sqlalchemy import select
 
-from protocoop.auth import service as keys_service
 from protocoop.auth.roles import Role
 from protocoop.db import Database
 from protocoop.db.models import ApiKey
+from protocoop.keys import service as keys_service
 from tests.conftest import Api, create_community, make_key
 from tests.foundation_helpers import RFC3339_UTC, problem, validation_problem
 

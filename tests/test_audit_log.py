@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from protocoop.auth import service as keys_service
 from protocoop.auth.roles import Role
 from protocoop.db import Database
+from protocoop.keys import service as keys_service
 from protocoop.members import service as members_service
 from protocoop.members.schemas import MemberCreate
 from tests.conftest import Api, create_community, create_member, every_item, make_key

@@ -15,20 +15,25 @@ from protocoop.audit.router import router as audit_router
 from protocoop.audit_log.router import router as audit_log_router
 from protocoop.auth.cache import PrincipalCache, install_key_check
 from protocoop.auth.ratelimit import RateLimiter
-from protocoop.auth.router import router as api_keys_router
 from protocoop.balances.router import router as balances_router
 from protocoop.communities.router import router as communities_router
 from protocoop.config import Settings, get_settings
 from protocoop.db import Database, migrate
 from protocoop.events.router import router as events_router
-from protocoop.http import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
+from protocoop.http import (
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+    RequestIdMiddleware,
+    install_error_handlers,
+)
 from protocoop.idempotency import InFlight, forget_older_than
+from protocoop.keys.router import router as api_keys_router
 from protocoop.ledger.expiry import sweep
 from protocoop.ledger.router import router as exchanges_router
 from protocoop.ledger.writer import GroupCommitWriter
 from protocoop.members.router import router as members_router
 from protocoop.mutuality.router import router as mutuality_router
-from protocoop.observability import GROUP_COMMIT_SIZE, MetricsMiddleware, configure_logging
+from protocoop.observability import GROUP_COMMIT_SIZE, configure_logging
 from protocoop.ops import router as ops_router
 from protocoop.replay import ReplayLostReads
 

@@ -31,7 +31,6 @@ from typer.core import TyperGroup
 
 from protocoop import __version__
 from protocoop.audit import service as audit_service
-from protocoop.auth import service as keys_service
 from protocoop.auth.roles import Role
 from protocoop.communities import service as communities_service
 from protocoop.communities.schemas import CommunityCreate
@@ -45,6 +44,7 @@ from protocoop.errors import (
     Unavailable,
     ValidationFailed,
 )
+from protocoop.keys import service as keys_service
 from protocoop.ledger import export as export_ledger
 from protocoop.members import service as members_service
 from protocoop.members.schemas import MemberCreate

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import uuid
 
 import orjson
@@ -31,8 +32,9 @@ from protocoop.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from protocoop.observability import request_id_var
+from protocoop.observability import DB_CONNECTIONS_IN_USE, REQUEST_SECONDS, request_id_var
 from protocoop.responses import render_problem
+from protocoop.routing import as_response
 from protocoop.security import SECURITY_HEADERS
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def _problem(error: ProblemError) -> Response:
-    return render_problem(error).to_response()
+    return as_response(render_problem(error))
 
 
 async def _on_problem(_: Request, error: Exception) -> Response:
@@ -111,7 +113,7 @@ async def _on_http_exception(request: Request, error: Exception) -> Response:
         headers = dict(error.headers or {})
         if error.status_code == 405:
             headers["Allow"] = _allowed_methods(request)  # RFC 9110 requires it
-        return render_problem(problem_class()).to_response(**headers)
+        return as_response(render_problem(problem_class()), **headers)
     if error.status_code == 400:  # an unreadable body: the client's mistake, said the same way
         return _problem(ValidationFailed([{"loc": ["body"], "msg": str(error.detail)}]))
     if error.status_code >= 500:
@@ -134,7 +136,7 @@ async def _on_unexpected(_: Request, error: Exception) -> Response:
     log.exception("unexpected error", exc_info=error)
     # Starlette sends this answer from outside every middleware: add the security headers here.
     problem = render_problem(InternalError("An unexpected error occurred; it has been logged."))
-    return problem.to_response(**SECURITY_HEADERS)
+    return as_response(problem, **SECURITY_HEADERS)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -208,7 +210,7 @@ class BodyLimitMiddleware:
         self, scope: Scope, receive: Receive, send: Send, problem: ProblemError
     ) -> None:
         """Answer `problem` and close the connection (the rest of the body is not read)."""
-        await render_problem(problem).to_response(Connection="close")(scope, receive, send)
+        await as_response(render_problem(problem), Connection="close")(scope, receive, send)
 
 
 class RequestIdMiddleware:
@@ -241,3 +243,47 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
+
+
+access_log = logging.getLogger("protocoop.access")
+
+
+class MetricsMiddleware:
+    """Time every request by route template and status; optionally log it (access log)."""
+
+    def __init__(self, app: ASGIApp, *, log_requests: bool = False) -> None:
+        self.app = app
+        self.log_requests = log_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def timed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            REQUEST_SECONDS.labels(route, scope["method"], str(status)).observe(elapsed)
+            db = getattr(getattr(scope.get("app"), "state", None), "db", None)
+            if db is not None:
+                DB_CONNECTIONS_IN_USE.set(db.engine.pool.checkedout())
+            if self.log_requests:
+                access_log.info(
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 3),
+                    },
+                )

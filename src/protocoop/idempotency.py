@@ -10,7 +10,8 @@ Keys are scoped to the API key (and its community) and kept at least 24 hours.
 
 Requests that change a ledger (posts, batches, reversals, accept/reject/cancel) are made
 idempotent by the group-commit writer (`ledger.writer.record_group`), with the same records and
-the same answers; `respond` below serves the other writes only: members, communities and API keys.
+the same answers; `execute` below (through `routing.respond`) serves the other writes only:
+members, communities and API keys.
 """
 
 from __future__ import annotations
@@ -21,19 +22,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated
 
 import orjson
-from fastapi import Depends, Header, Request, Response
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from protocoop.auth.deps import PrincipalDep
 from protocoop.clock import utc_now
 from protocoop.db import Database
 from protocoop.db.models import IdempotencyRecord
-from protocoop.errors import IdempotencyKeyReused, ProblemError, RequestInProgress, ValidationFailed
+from protocoop.errors import IdempotencyKeyReused, ProblemError, RequestInProgress
 from protocoop.responses import Rendered, render_problem
 
 HEADER = "Idempotency-Key"
@@ -65,38 +63,6 @@ def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
     return digest.hexdigest()
-
-
-async def idempotency_key(
-    request: Request,
-    principal: PrincipalDep,
-    key: Annotated[
-        str | None,
-        Header(
-            alias=HEADER,
-            description="Any unique string (e.g. a UUID) to make retries of this POST safe: "
-            "1 to 255 printable ASCII characters (HTTP drops leading and trailing spaces).",
-            # Documented here, checked below (with a clearer message than a pattern mismatch).
-            json_schema_extra={"maxLength": 255, "pattern": "^[!-~]([ -~]*[!-~])?$"},
-        ),
-    ] = None,
-) -> IdempotencyKey | None:
-    """The request's idempotency key, if it sent one."""
-    if key is None:
-        return None
-    if not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
-        raise ValidationFailed(
-            [{"loc": ["header", HEADER], "msg": "must be 1 to 255 printable ASCII characters"}]
-        )
-    body = await request.body()
-    return IdempotencyKey(
-        api_key_id=principal.key_id,
-        key=key,
-        fingerprint=fingerprint(request.method, request.url.path, request.url.query, body),
-    )
-
-
-IdempotencyDep = Annotated[IdempotencyKey | None, Depends(idempotency_key)]
 
 
 class InFlight:
@@ -197,14 +163,3 @@ def execute(
         except IntegrityError:
             # Another process stored this key between our lookup and our insert: replay it.
             return db.run_write(attempt)
-
-
-def respond(
-    request: Request,
-    scope: str,
-    key: IdempotencyKey | None,
-    work: Callable[[Session], Rendered],
-) -> Response:
-    """`execute` with this process's database and in-flight registry, as an HTTP response."""
-    rendered = execute(request.app.state.db, request.app.state.in_flight, scope, key, work)
-    return rendered.to_response()

@@ -14,10 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from contextvars import ContextVar
 
-import orjson
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -28,7 +26,6 @@ from prometheus_client import (
     multiprocess,
 )
 from pythonjsonlogger.json import JsonFormatter
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 request_id_var: ContextVar[str | None] = ContextVar("protocoop_request_id", default=None)
 
@@ -103,58 +100,11 @@ def configure_logging(level: str) -> None:
     uvicorn_access.propagate = False
 
 
-access_log = logging.getLogger("protocoop.access")
-
-
-class MetricsMiddleware:
-    """Time every request by route template and status; optionally log it (access log)."""
-
-    def __init__(self, app: ASGIApp, *, log_requests: bool = False) -> None:
-        self.app = app
-        self.log_requests = log_requests
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def timed_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, timed_send)
-        finally:
-            elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            REQUEST_SECONDS.labels(route, scope["method"], str(status)).observe(elapsed)
-            db = getattr(getattr(scope.get("app"), "state", None), "db", None)
-            if db is not None:
-                DB_CONNECTIONS_IN_USE.set(db.engine.pool.checkedout())
-            if self.log_requests:
-                access_log.info(
-                    "request",
-                    extra={
-                        "method": scope["method"],
-                        "route": route,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 3),
-                    },
-                )
-
-
-def count_posting_answer(status: int, body: bytes, exchanges: int) -> None:
-    """Count one posting request's outcome (after its transaction committed)."""
+def count_posting_answer(status: int, code: str | None, exchanges: int) -> None:
+    """Count one posting request's outcome (after its transaction committed): `code` is its
+    refusal's problem code, as the writer decided it (None for a success)."""
     BATCH_SIZE.observe(exchanges)
     if status < 300:
         EXCHANGES_RECORDED.inc(exchanges)
         return
-    try:
-        code = str(orjson.loads(body).get("code", status))
-    except (orjson.JSONDecodeError, AttributeError):
-        code = str(status)
-    POSTS_REFUSED.labels(code).inc()
+    POSTS_REFUSED.labels(code or str(status)).inc()

@@ -23,8 +23,7 @@ from starlette.routing import BaseRoute
 from protocoop.auth.deps import authenticate, get_database
 from protocoop.auth.roles import Role
 from protocoop.errors import PROBLEM_CONTENT_TYPE
-from protocoop.idempotency import idempotency_key
-from protocoop.responses import ProblemDocument
+from protocoop.routing import ProblemDocument, idempotency_key
 
 PROBLEM_SCHEMA = "ProblemDocument"
 _PROBLEM_REF = f"#/components/schemas/{PROBLEM_SCHEMA}"

@@ -9,7 +9,7 @@ from protocoop.auth.deps import MetricsReader
 from protocoop.db import migrate
 from protocoop.errors import Unavailable
 from protocoop.observability import metrics_document
-from protocoop.responses import problem_responses
+from protocoop.routing import problem_responses
 
 router = APIRouter(tags=["operations"])
 

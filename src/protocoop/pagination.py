@@ -8,9 +8,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
-
-from fastapi import Query
+from typing import Any, TypeVar
 
 from protocoop.errors import ValidationFailed
 from protocoop.schemas import is_storable_text
@@ -19,11 +17,6 @@ RowT = TypeVar("RowT")
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
-
-LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page (1..1000).")]
-CursorQuery = Annotated[
-    str | None, Query(max_length=2048, description="`next_cursor` of the previous page.")
-]
 
 
 def encode_cursor(position: dict[str, Any]) -> str:

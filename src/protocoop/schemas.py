@@ -10,7 +10,6 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Path
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -39,16 +38,6 @@ AccountId = Annotated[str, StringConstraints(pattern=ACCOUNT_ID_PATTERN), Strict
 
 EXCHANGE_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _EXCHANGE_ID = re.compile(EXCHANGE_ID_PATTERN)
-
-MemberPath = Annotated[
-    str,
-    Path(pattern=ACCOUNT_ID_PATTERN, description="A member id, or a system account (@commons)."),
-]
-ExchangePath = Annotated[
-    str, Path(description="An exchange id (a UUID; its letters may be in either case).")
-]
-"""Any text: `exchange_id_in_path` reads it (an id that cannot exist is not found, not invalid)."""
-KeyPath = Annotated[str, Path(pattern=r"^key_[0-9a-f]{16}$", description="An API key id.")]
 
 
 def exchange_id_in_path(value: str) -> str:

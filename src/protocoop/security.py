@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from protocoop.config import Settings
 from protocoop.errors import CorsRefused
 from protocoop.responses import render_problem
+from protocoop.routing import as_response
 
 API_CONTENT_SECURITY_POLICY = (
     "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
@@ -155,7 +156,7 @@ class ProblemCORSMiddleware(CORSMiddleware):
             for name, value in response.headers.items()
             if name not in ("content-type", "content-length")
         }
-        return render_problem(refused).to_response(**kept)
+        return as_response(render_problem(refused), **kept)
 
 
 def install(app: FastAPI, settings: Settings) -> None:

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from protocoop.audit import service
 from protocoop.audit.schemas import AuditReport
 from protocoop.auth.deps import DatabaseDep, Overseer
-from protocoop.responses import problem_responses
+from protocoop.routing import problem_responses
 
 router = APIRouter(prefix="/v1/communities/{community_id}", tags=["audit"])
 

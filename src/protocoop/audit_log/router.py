@@ -9,8 +9,8 @@ from fastapi import APIRouter, Query
 from protocoop.audit_log import service
 from protocoop.audit_log.schemas import AuditLogEntryPublic
 from protocoop.auth.deps import Admin, DatabaseDep, Overseer
-from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
-from protocoop.responses import problem_responses
+from protocoop.pagination import decode_cursor
+from protocoop.routing import CursorQuery, LimitQuery, problem_responses
 from protocoop.schemas import Page
 
 router = APIRouter(tags=["audit log"])

@@ -30,9 +30,9 @@ from sqlalchemy.orm import Session
 from protocoop.audit_log.schemas import AuditLogEntryPublic
 from protocoop.auth.roles import Principal
 from protocoop.clock import utc_now
+from protocoop.db.heads import lock_head
 from protocoop.db.models import INSTANCE_SCOPE, AuditLogEntry
-from protocoop.errors import Unavailable
-from protocoop.events.service import lock_head
+from protocoop.errors import NotFound, Unavailable
 from protocoop.pagination import next_cursor
 from protocoop.schemas import Page
 
@@ -77,7 +77,8 @@ def record(
         "after": dict(after) if after is not None else null(),
     }
     if community_id is not None:
-        lock_head(session, community_id)  # held until commit: ids follow commit order
+        if lock_head(session.connection(), community_id) is None:  # held until commit
+            raise NotFound(f"Community {community_id!r} not found.")
         row["id"] = _last_id(session, community_id) + 1
         session.execute(insert(_log).values(row))
         return

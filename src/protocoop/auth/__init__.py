@@ -1,1 +1,2 @@
-"""API keys, roles and the permission dependencies routes are declared with."""
+"""Who is calling and what they may do: tokens, roles, the key cache, the rate limit, and the
+permission dependencies routes are declared with."""

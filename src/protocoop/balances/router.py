@@ -15,9 +15,9 @@ from protocoop.balances.schemas import BalancePublic, BalancesPage, Statement, T
 from protocoop.csv_rows import Cell, csv_chunks
 from protocoop.db import Database
 from protocoop.ledger.expiry import read_after_expiry
-from protocoop.pagination import CursorQuery, LimitQuery, bad_cursor, decode_cursor
-from protocoop.responses import problem_responses
-from protocoop.schemas import MemberPath, Timestamp
+from protocoop.pagination import bad_cursor, decode_cursor
+from protocoop.routing import CursorQuery, LimitQuery, MemberPath, problem_responses
+from protocoop.schemas import Timestamp
 
 router = APIRouter(prefix="/v1/communities/{community_id}", tags=["balances"])
 

@@ -7,10 +7,11 @@ from fastapi import APIRouter, Request, Response
 from protocoop.auth.deps import Admin, DatabaseDep, Manager, PrincipalDep, Reader
 from protocoop.communities import service
 from protocoop.communities.schemas import CommunityCreate, CommunityPublic, CommunityUpdate
-from protocoop.idempotency import GLOBAL_SCOPE, IdempotencyDep, respond
+from protocoop.idempotency import GLOBAL_SCOPE
 from protocoop.json_bodies import StrictJSONRoute
-from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
-from protocoop.responses import problem_responses, render
+from protocoop.pagination import decode_cursor
+from protocoop.responses import render
+from protocoop.routing import CursorQuery, IdempotencyDep, LimitQuery, problem_responses, respond
 from protocoop.schemas import Page
 
 router = APIRouter(prefix="/v1/communities", tags=["communities"], route_class=StrictJSONRoute)

@@ -12,8 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from protocoop.auth.deps import DatabaseDep, Reader
 from protocoop.events import service
 from protocoop.events.schemas import EventPage, EventPublic
-from protocoop.pagination import LimitQuery
-from protocoop.responses import problem_responses
+from protocoop.routing import LimitQuery, problem_responses
 
 router = APIRouter(prefix="/v1/communities/{community_id}", tags=["events"])
 

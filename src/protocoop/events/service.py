@@ -1,9 +1,9 @@
 """Writing and reading events.
 
 Every state change writes its event in the same transaction (an outbox). Event ids are assigned
-under the community's ledger-head row lock, which every event-writing transaction holds until it
-commits: ids therefore follow commit order, without gaps, and a reader that remembers the last id
-it saw (`next_after`) sees every event exactly once, in order.
+under the community's ledger-head row lock (`db.heads.lock_head`), which every event-writing
+transaction holds until it commits: ids therefore follow commit order, without gaps, and a
+reader that remembers the last id it saw (`next_after`) sees every event exactly once, in order.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from protocoop.clock import utc_now
 from protocoop.db.bulk import insert_rows
+from protocoop.db.heads import lock_head
 from protocoop.db.models import Event, LedgerHead
 from protocoop.errors import NotFound
 
@@ -70,23 +71,12 @@ def write_events(
     return last_event_id + len(events)
 
 
-def lock_head(session: Session, community_id: str) -> int:
-    """Take the community's ledger-head row lock (held until commit) and return the last event
-    id. Every transaction that changes a community takes this lock first, before any account
-    lock, so lock order is the same everywhere and no two of them can deadlock."""
-    last = session.execute(
-        select(_heads.c.last_event_id)
-        .where(_heads.c.community_id == community_id)
-        .with_for_update()
-    ).scalar_one_or_none()
-    if last is None:
-        raise NotFound(f"Community {community_id!r} not found.")
-    return int(last)
-
-
 def emit(session: Session, community_id: str, *events: NewEvent) -> None:
     """Record events for a change made outside the posting path, in the caller's transaction."""
-    new_last = write_events(session, community_id, lock_head(session, community_id), events)
+    head = lock_head(session.connection(), community_id)
+    if head is None:
+        raise NotFound(f"Community {community_id!r} not found.")
+    new_last = write_events(session, community_id, head.last_event_id, events)
     session.execute(
         update(_heads).where(_heads.c.community_id == community_id).values(last_event_id=new_last)
     )

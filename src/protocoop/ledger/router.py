@@ -14,7 +14,7 @@ from protocoop.audit_log.service import record_reversal
 from protocoop.auth.deps import DatabaseDep, Manager, Poster, Reader, revalidates_key
 from protocoop.auth.roles import Principal, Role
 from protocoop.errors import Forbidden
-from protocoop.idempotency import IdempotencyDep, IdempotencyKey
+from protocoop.idempotency import IdempotencyKey
 from protocoop.json_bodies import StrictJSONRoute
 from protocoop.ledger import queries
 from protocoop.ledger.expiry import read_after_expiry
@@ -30,15 +30,17 @@ from protocoop.ledger.schemas import (
     ReverseRequest,
 )
 from protocoop.ledger.writer import GroupCommitWriter, PostRequest
-from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
-from protocoop.responses import Rendered, problem_responses, render
-from protocoop.schemas import (
-    ACCOUNT_ID_PATTERN,
+from protocoop.pagination import decode_cursor
+from protocoop.responses import Rendered, render
+from protocoop.routing import (
+    CursorQuery,
     ExchangePath,
-    Page,
-    Timestamp,
-    exchange_id_in_path,
+    IdempotencyDep,
+    LimitQuery,
+    as_response,
+    problem_responses,
 )
+from protocoop.schemas import ACCOUNT_ID_PATTERN, Page, Timestamp, exchange_id_in_path
 
 router = APIRouter(
     prefix="/v1/communities/{community_id}/exchanges",
@@ -105,7 +107,7 @@ async def _through_writer(
                 also=also,
             )
         )
-    return rendered.to_response()
+    return as_response(rendered)
 
 
 @router.post("", status_code=201, response_model=ExchangePublic, responses=POSTING_PROBLEMS)

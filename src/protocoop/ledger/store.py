@@ -19,6 +19,7 @@ from sqlalchemy import Table, select, tuple_, union_all, update
 from sqlalchemy.orm import Session
 
 from protocoop.db.bulk import among, insert_rows, rows_matching_pairs, update_rows
+from protocoop.db.heads import lock_head
 from protocoop.db.models import (
     Account,
     ApiKey,
@@ -76,23 +77,20 @@ class LedgerStore:
 
     def lock_head(self) -> None:
         """Lock the community's ledger head (first, always) and read its policy with it."""
-        head = self.connection.execute(
-            select(
-                _heads.c.last_seq,
-                _heads.c.last_hash,
-                _heads.c.last_created_at,
-                _heads.c.last_event_id,
-                _heads.c.counted_volume,
-                _heads.c.counted_exchanges,
-                _communities.c.status,
-                _communities.c.levy_rate_ppm,
-                _communities.c.levy_minimum,
-                _communities.c.levy_paid_by,
-            )
-            .join(_communities, _communities.c.id == _heads.c.community_id)
-            .where(_heads.c.community_id == self.community_id)
-            .with_for_update(of=_heads)
-        ).first()
+        head = lock_head(
+            self.connection,
+            self.community_id,
+            _heads.c.last_seq,
+            _heads.c.last_hash,
+            _heads.c.last_created_at,
+            _heads.c.last_event_id,
+            _heads.c.counted_volume,
+            _heads.c.counted_exchanges,
+            _communities.c.status,
+            _communities.c.levy_rate_ppm,
+            _communities.c.levy_minimum,
+            _communities.c.levy_paid_by,
+        )
         if head is None:
             raise NotFound(f"Community {self.community_id!r} not found.")
         self._head = head

@@ -179,7 +179,7 @@ class GroupCommitWriter:
                 request.deliver(answer)
                 if isinstance(request.change, Post):
                     count_posting_answer(
-                        answer.status_code, answer.body, len(request.change.drafts)
+                        answer.status_code, answer.problem_code, len(request.change.drafts)
                     )
 
     def _record_alone(self, community_id: str, request: PostRequest) -> Rendered:

@@ -7,13 +7,20 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from protocoop.auth.deps import DatabaseDep, Manager, Reader
-from protocoop.idempotency import IdempotencyDep, respond
 from protocoop.json_bodies import StrictJSONRoute
 from protocoop.members import service
 from protocoop.members.schemas import MemberCreate, MemberPublic, MemberStatus, MemberUpdate
-from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
-from protocoop.responses import problem_responses, render
-from protocoop.schemas import MemberPath, Page
+from protocoop.pagination import decode_cursor
+from protocoop.responses import render
+from protocoop.routing import (
+    CursorQuery,
+    IdempotencyDep,
+    LimitQuery,
+    MemberPath,
+    problem_responses,
+    respond,
+)
+from protocoop.schemas import Page
 
 router = APIRouter(
     prefix="/v1/communities/{community_id}/members",

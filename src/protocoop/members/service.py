@@ -17,6 +17,7 @@ from protocoop.audit_log.service import record, record_change
 from protocoop.auth.roles import Principal
 from protocoop.clock import utc_now
 from protocoop.communities.service import get_community
+from protocoop.db.heads import lock_head
 from protocoop.db.models import Account, Member, PendingExchange
 from protocoop.errors import (
     AlreadyExists,
@@ -26,7 +27,7 @@ from protocoop.errors import (
     NotFound,
     ValidationFailed,
 )
-from protocoop.events.service import NewEvent, emit, lock_head
+from protocoop.events.service import NewEvent, emit
 from protocoop.ledger.expiry import expire_due_for
 from protocoop.members.schemas import MemberCreate, MemberPublic, MemberUpdate
 from protocoop.pagination import next_cursor
@@ -73,7 +74,7 @@ def create_member(
     """A new member with balance 0; limits not given come from the community's defaults.
     `by` made the change (None: the command line)."""
     community = get_community(session, community_id)
-    lock_head(session, community_id)
+    lock_head(session.connection(), community_id)  # the community exists: get_community said so
     if session.get(Account, (community_id, spec.id)) is not None:
         raise AlreadyExists(f"Member {spec.id!r} already exists.")
     given = spec.model_fields_set
@@ -157,7 +158,8 @@ def update_member(
 ) -> MemberPublic:
     """Apply a PATCH under the ledger head's and the account's row locks, so no exchange slips
     in between the check and the change. `by` made the change (None: the command line)."""
-    lock_head(session, community_id)
+    if lock_head(session.connection(), community_id) is None:
+        raise NotFound(f"Community {community_id!r} not found.")
     if changes.status == "closed":
         expire_due_for(session, community_id, member_id)
     account = session.get(Account, (community_id, member_id), with_for_update=True)

@@ -11,8 +11,8 @@ from protocoop.auth.deps import DatabaseDep, Overseer, Reader
 from protocoop.errors import ValidationFailed
 from protocoop.mutuality import service
 from protocoop.mutuality.schemas import MemberMutualityPublic, MutualityPublic
-from protocoop.responses import problem_responses
-from protocoop.schemas import MemberPath, Timestamp
+from protocoop.routing import MemberPath, problem_responses
+from protocoop.schemas import Timestamp
 
 router = APIRouter(prefix="/v1/communities/{community_id}", tags=["mutuality"])
 

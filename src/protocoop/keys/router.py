@@ -7,14 +7,22 @@ from dataclasses import replace
 from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 
-from protocoop.auth import service
 from protocoop.auth.deps import DatabaseDep, KeyManager
-from protocoop.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
-from protocoop.idempotency import GLOBAL_SCOPE, IdempotencyDep, respond
+from protocoop.idempotency import GLOBAL_SCOPE
 from protocoop.json_bodies import StrictJSONRoute
-from protocoop.pagination import CursorQuery, LimitQuery, decode_cursor
-from protocoop.responses import Rendered, problem_responses, render
-from protocoop.schemas import KeyPath, Page
+from protocoop.keys import service
+from protocoop.keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
+from protocoop.pagination import decode_cursor
+from protocoop.responses import Rendered, render
+from protocoop.routing import (
+    CursorQuery,
+    IdempotencyDep,
+    KeyPath,
+    LimitQuery,
+    problem_responses,
+    respond,
+)
+from protocoop.schemas import Page
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api keys"], route_class=StrictJSONRoute)
 

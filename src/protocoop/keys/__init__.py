@@ -1,0 +1,1 @@
+"""API key management: `/v1/keys` (create, list, revoke)."""
