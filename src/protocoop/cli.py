@@ -30,13 +30,13 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from typer.core import TyperGroup
 
 from protocoop import __version__
-from protocoop.audit import service as audit_service
 from protocoop.auth.roles import Role
 from protocoop.communities import service as communities_service
 from protocoop.communities.schemas import CommunityCreate
 from protocoop.config import Settings, get_settings
 from protocoop.db import Database, migrate
 from protocoop.db.engine import schema_missing
+from protocoop.db.errors import DatabaseUnavailable, SchemaMissing
 from protocoop.errors import (
     NotFound,
     ProblemError,
@@ -48,6 +48,7 @@ from protocoop.keys import service as keys_service
 from protocoop.ledger import export as export_ledger
 from protocoop.members import service as members_service
 from protocoop.members.schemas import MemberCreate
+from protocoop.mutuality import audit as audit_service
 from protocoop.mutuality import service as mutuality_service
 from protocoop.mutuality.schemas import MutualityPublic
 from protocoop.observability import configure_logging
@@ -222,9 +223,9 @@ def _clear_errors() -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except SchemaNotMigrated:
+    except (SchemaNotMigrated, SchemaMissing):
         fail(SchemaNotMigrated.advice, EXIT_USAGE)
-    except Unavailable as error:
+    except (Unavailable, DatabaseUnavailable) as error:
         cause = error.__cause__
         if isinstance(cause, DBAPIError):  # say why, not the HTTP advice about Idempotency-Key
             fail(f"database unavailable: {_first_line(cause.orig)}", EXIT_USAGE)

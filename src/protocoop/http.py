@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from protocoop.db.engine import schema_missing
+from protocoop.db.errors import DatabaseUnavailable
 from protocoop.errors import (
     PROBLEM_CONTENT_TYPE,
     Forbidden,
@@ -26,13 +26,13 @@ from protocoop.errors import (
     PayloadTooLarge,
     ProblemError,
     RequestTimeout,
-    SchemaNotMigrated,
     Unauthorized,
     Unavailable,
     UnsupportedMediaType,
     ValidationFailed,
 )
 from protocoop.observability import DB_CONNECTIONS_IN_USE, REQUEST_SECONDS, request_id_var
+from protocoop.problems import problem_for
 from protocoop.responses import render_problem
 from protocoop.routing import as_response
 from protocoop.security import SECURITY_HEADERS
@@ -123,13 +123,8 @@ async def _on_http_exception(request: Request, error: Exception) -> Response:
 
 
 async def _on_database_error(_: Request, error: Exception) -> Response:
-    if schema_missing(error):
-        log.warning("%s", SchemaNotMigrated.advice)
-        return _problem(SchemaNotMigrated())
-    log.error("database error reached the edge: %s", error)
-    return _problem(
-        Unavailable("The database could not complete the request; retry with the same key.")
-    )
+    """A database failure that reached the edge: `503`, never a `500`."""
+    return _problem(problem_for(error))
 
 
 async def _on_unexpected(_: Request, error: Exception) -> Response:
@@ -145,6 +140,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(DBAPIError, _on_database_error)
+    app.add_exception_handler(DatabaseUnavailable, _on_database_error)
     app.add_exception_handler(Exception, _on_unexpected)
 
 

@@ -21,6 +21,7 @@ from protocoop.communities.schemas import (
 from protocoop.db.models import Account, Community, LedgerHead
 from protocoop.errors import AlreadyExists, Forbidden, NotFound, ValidationFailed
 from protocoop.events.service import NewEvent, emit
+from protocoop.ledger.chain import GENESIS_HASH
 from protocoop.pagination import next_cursor
 from protocoop.schemas import Page
 
@@ -101,7 +102,7 @@ def create_community(
         session.flush()
     except IntegrityError as error:
         raise AlreadyExists(f"Community {spec.id!r} already exists.") from error
-    session.add(LedgerHead(community_id=spec.id, last_seq=0))
+    session.add(LedgerHead(community_id=spec.id, last_seq=0, last_hash=GENESIS_HASH))
     session.add(
         Account(
             community_id=spec.id,

@@ -6,8 +6,8 @@ Two ways into the database:
 - `Database.write()` / `Database.run_write()`: a read-write transaction that commits once. On SQLite
   it starts with `BEGIN IMMEDIATE`, taking the write lock up front so two writers never deadlock on
   a lock upgrade; on PostgreSQL, deadlocks and serialization failures are retried a bounded number
-  of times. A database that cannot be reached, or a lock not granted in time, becomes `Unavailable`
-  (503), which clients may retry with the same Idempotency-Key.
+  of times. A database that cannot be reached, or a lock not granted in time, becomes
+  `DatabaseUnavailable` (503 to clients), which they may retry with the same Idempotency-Key.
 - A connection the database closed before COMMIT (a restart, `pg_terminate_backend`) becomes
   `ConnectionLost`, which `run_write` and `run_read` answer by running the work again on a new
   connection (`protocoop.db.reconnect`).
@@ -31,11 +31,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from protocoop.config import Settings
+from protocoop.db.errors import DatabaseUnavailable, SchemaMissing
 from protocoop.db.reconnect import ConnectionLost, connection_lost
 from protocoop.db.statistics import StatisticsKeeper
 from protocoop.db.watchdog import Watchdog, cut_by_watchdog
 from protocoop.db.watchdog import install as install_watchdog
-from protocoop.errors import SchemaNotMigrated, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -183,18 +183,18 @@ def as_unavailable(error: DBAPIError | PoolTimeout) -> Exception:
     if isinstance(error, IntegrityError):
         return error
     if schema_missing(error):
-        log.warning("%s", SchemaNotMigrated.advice)
-        return SchemaNotMigrated()
+        log.warning("%s", SchemaMissing.advice)
+        return SchemaMissing()
     reason = error.orig if isinstance(error, DBAPIError) else error
     log.warning("database unavailable: %s", _first_line(reason))
-    return Unavailable(detail="The database is unavailable; retry with the same Idempotency-Key.")
+    return DatabaseUnavailable("The database is unavailable; retry with the same Idempotency-Key.")
 
 
 def is_outage(error: BaseException) -> bool:
     """Whether `error` says the database failed rather than the request: it could not be reached
     or lost the connection, a lock or statement timed out, no connection was free in time, or
     SQLite stayed busy. Running the same work again at once would fail the same way."""
-    if isinstance(error, Unavailable):
+    if isinstance(error, DatabaseUnavailable):
         cause = error.__cause__
         return cause is None or is_outage(cause)
     if isinstance(error, DBAPIError):
@@ -228,7 +228,7 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A read-only snapshot transaction; database failures become `Unavailable`."""
+        """A read-only snapshot transaction; database failures become `DatabaseUnavailable`."""
         try:
             with self._reader() as session, session.begin():
                 yield session
@@ -261,7 +261,9 @@ class Database:
         if self._sqlite_writer is not None:
             timeout = self.settings.sqlite_busy_timeout_ms / 1000
             if not self._sqlite_writer.acquire(timeout=timeout):
-                raise Unavailable("The database is busy; retry with the same Idempotency-Key.")
+                raise DatabaseUnavailable(
+                    "The database is busy; retry with the same Idempotency-Key."
+                )
         committing = False
         xid: str | None = None
         try:

@@ -27,7 +27,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from protocoop.db.base import Base, Figure, JSONDocument
-from protocoop.ledger.chain import GENESIS_HASH
 from protocoop.money import MAX_AMOUNT, MAX_BALANCE
 
 SLUG = String(63)
@@ -125,8 +124,9 @@ class LedgerHead(Base):
     """The community whose ledger this is."""
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     """`seq` of the latest completed exchange (0 before the first)."""
-    last_hash: Mapped[str] = mapped_column(HASH, default=GENESIS_HASH)
-    """`hash` of the latest completed exchange (64 zeros before the first)."""
+    last_hash: Mapped[str] = mapped_column(HASH)
+    """`hash` of the latest completed exchange (before the first, `ledger.chain.GENESIS_HASH`,
+    which creating the community writes)."""
     last_created_at: Mapped[datetime | None]
     """`created_at` of the latest exchange; later ones never get an earlier time."""
     counted_volume: Mapped[int] = mapped_column(Figure(), default=0, server_default="0")

@@ -29,12 +29,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from protocoop.errors import Unavailable
+from protocoop.db.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
 
-class ConnectionLost(Unavailable):
+class ConnectionLost(DatabaseUnavailable):
     """The database closed the connection before the transaction committed: nothing was
     recorded, and the same work may run again at once on a new connection."""
 

@@ -42,15 +42,14 @@ from protocoop.db.engine import is_outage
 from protocoop.errors import (
     IdempotencyKeyReused,
     InternalError,
-    ProblemError,
     Unauthorized,
-    Unavailable,
 )
 from protocoop.idempotency import REPLAYED_HEADER, IdempotencyKey
 from protocoop.ledger.planner import Outcome, Post, Settle
 from protocoop.ledger.service import record
 from protocoop.ledger.store import LedgerStore
 from protocoop.observability import count_posting_answer
+from protocoop.problems import problem_for
 from protocoop.responses import Rendered, render_problem
 
 log = logging.getLogger(__name__)
@@ -244,15 +243,14 @@ class _Lane:
 
 def _failure(error: Exception) -> Rendered:
     """The answer for a request whose transaction failed."""
-    if isinstance(error, ProblemError):
-        return render_problem(error)
     if isinstance(error, DBAPIError):
         log.warning("posting transaction failed: %s", error.orig)
-        return render_problem(
-            Unavailable("The database could not record it; retry with the same Idempotency-Key.")
+    return render_problem(
+        problem_for(
+            error,
+            sql_detail="The database could not record it; retry with the same Idempotency-Key.",
         )
-    log.exception("posting failed", exc_info=error)
-    return render_problem(InternalError())
+    )
 
 
 def record_group(

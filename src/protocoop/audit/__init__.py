@@ -1,1 +1,0 @@
-"""The audit: invariants 1-5 recomputed from the entries, independently of the posting code."""
