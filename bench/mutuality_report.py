@@ -35,7 +35,6 @@ from typing import Any
 from sqlalchemy import insert
 
 from bench.common import COMMUNITY, POSTGRES_URL, analyze, fresh_database
-from protocoop.audit.service import audit_community, record_checkpoint
 from protocoop.balances.service import member_balance
 from protocoop.clock import utc_now
 from protocoop.communities.schemas import CommunityCreate
@@ -46,6 +45,7 @@ from protocoop.db.models import Account, Member
 from protocoop.ledger.planner import Post
 from protocoop.ledger.records import Draft
 from protocoop.ledger.service import record
+from protocoop.mutuality.audit import audit_community, record_checkpoint
 from protocoop.mutuality.service import community_mutuality
 
 BATCH = 1000

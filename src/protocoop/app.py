@@ -11,7 +11,6 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from protocoop import __version__, openapi, security
-from protocoop.audit.router import router as audit_router
 from protocoop.audit_log.router import router as audit_log_router
 from protocoop.auth.cache import PrincipalCache, install_key_check
 from protocoop.auth.ratelimit import RateLimiter
@@ -125,7 +124,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         members_router,
         exchanges_router,
         balances_router,
-        audit_router,
         mutuality_router,
         events_router,
         api_keys_router,

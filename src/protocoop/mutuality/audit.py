@@ -24,13 +24,14 @@ from collections.abc import Iterator
 from sqlalchemy import ColumnElement, and_, func, literal, or_, select
 from sqlalchemy.orm import Session
 
-from protocoop.audit.schemas import AuditProblem, AuditReport
 from protocoop.clock import utc_now
+from protocoop.db import Database
 from protocoop.db.models import Account, AuditCheckpoint, Entry, Exchange, LedgerHead
 from protocoop.db.sums import exact_sum, summed
 from protocoop.ledger.chain import GENESIS_HASH, ChainedExchange, verify_chain
 from protocoop.ledger.history import chain_links
 from protocoop.mutuality.figures import Window, flows_by_member, most_imbalanced_pairs, totals
+from protocoop.mutuality.schemas import AuditProblem, AuditReport
 
 _a = Account.__table__
 _e = Entry.__table__
@@ -337,3 +338,15 @@ def _hash_chain(
             )
         )
     return checked, problems
+
+
+def audit_and_checkpoint(db: Database, community_id: str) -> AuditReport:
+    """The full audit from a read snapshot; a clean result is recorded as the checkpoint later
+    reports verify from."""
+    with db.read() as session:
+        report = audit_community(session, community_id)
+    if report.ok:
+        db.run_write(
+            lambda session: record_checkpoint(session, community_id, report.checked_exchanges)
+        )
+    return report

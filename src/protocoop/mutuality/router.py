@@ -1,4 +1,5 @@
-"""`/v1/communities/{community_id}/mutuality` and `.../members/{member_id}/mutuality`."""
+"""`/v1/communities/{community_id}/mutuality`, `.../members/{member_id}/mutuality` and
+`.../audit`: does mutuality hold, and is the ledger whole."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from fastapi import APIRouter, Query
 
 from protocoop.auth.deps import DatabaseDep, Overseer, Reader
 from protocoop.errors import ValidationFailed
+from protocoop.mutuality import audit as audit_service
 from protocoop.mutuality import service
-from protocoop.mutuality.schemas import MemberMutualityPublic, MutualityPublic
+from protocoop.mutuality.schemas import AuditReport, MemberMutualityPublic, MutualityPublic
 from protocoop.routing import MemberPath, problem_responses
 from protocoop.schemas import Timestamp
 
@@ -58,3 +60,15 @@ def member_mutuality(
     _require_window(since, until)
     with db.read() as session:
         return service.member_mutuality_document(session, community_id, member_id, since, until)
+
+
+@router.get(
+    "/audit",
+    response_model=AuditReport,
+    tags=["audit"],
+    responses=problem_responses(401, 403, 404),
+)
+def audit(community_id: str, _: Overseer, db: DatabaseDep) -> AuditReport:
+    """Recompute invariants 1-5 from the entries and re-hash the whole chain; `ok` when all
+    hold. A clean result becomes the checkpoint later reports verify from."""
+    return audit_service.audit_and_checkpoint(db, community_id)

@@ -7,12 +7,12 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from protocoop.audit.service import audit_community
 from protocoop.balances.service import head_seq, statement_window
 from protocoop.clock import utc_now
 from protocoop.communities.service import get_community, public
 from protocoop.errors import NotFound
 from protocoop.mutuality import figures
+from protocoop.mutuality.audit import audit_community
 from protocoop.mutuality.report import LedgerFigures, Policy, member_mutuality, mutuality_report
 from protocoop.mutuality.schemas import (
     IndicatorsPublic,
