@@ -10,16 +10,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session
 
-from protocoop.audit_log.service import record_reversal
 from protocoop.auth.deps import DatabaseDep, Manager, Poster, Reader, revalidates_key
 from protocoop.auth.roles import Principal, Role
 from protocoop.errors import Forbidden
 from protocoop.idempotency import IdempotencyKey
 from protocoop.json_bodies import StrictJSONRoute
-from protocoop.ledger import queries
+from protocoop.ledger import queries, service
 from protocoop.ledger.expiry import read_after_expiry
 from protocoop.ledger.planner import Post, Settle
-from protocoop.ledger.records import Draft, PostedExchange, Settlement
+from protocoop.ledger.records import Draft, Settlement
 from protocoop.ledger.schemas import (
     DEFAULT_EXPIRES_IN,
     BatchPublic,
@@ -176,16 +175,6 @@ async def reverse_exchange(
         provider="", receiver="", amount=0, description=spec.reason, reverses=exchange_id
     )
 
-    def audit(session: Session, posted: list[PostedExchange]) -> None:
-        record_reversal(
-            session,
-            community_id,
-            by=principal,
-            exchange_id=exchange_id,
-            reversal_id=posted[0].id,
-            reason=spec.reason,
-        )
-
     return await _through_writer(
         request,
         community_id,
@@ -193,7 +182,7 @@ async def reverse_exchange(
         idempotency,
         Post([reversal], created_by=principal.key_id),
         lambda posted: render(201, queries.public(posted[0])),
-        also=audit,
+        also=service.logs_reversal(community_id, principal, exchange_id, spec.reason),
     )
 
 

@@ -12,13 +12,16 @@ group-commit writer (`ledger.writer.record_group`), which also checks and rememb
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from protocoop.audit_log.service import record_reversal
+from protocoop.auth.roles import Principal
 from protocoop.clock import utc_now
 from protocoop.ledger.planner import Expire, Outcome, Request, plan
+from protocoop.ledger.records import PostedExchange
 from protocoop.ledger.store import LedgerStore
 
 
@@ -64,3 +67,22 @@ def expire_due(session: Session, community_id: str, account_id: str | None = Non
     [outcome] = record(session, community_id, [Expire(accounts)])
     expired: int = _result(outcome)
     return expired
+
+
+def logs_reversal(
+    community_id: str, by: Principal, exchange_id: str, reason: str
+) -> Callable[[Session, list[PostedExchange]], None]:
+    """What a reversal also writes in its transaction: the audit-log entry saying who reversed
+    `exchange_id`, why, and by which exchange."""
+
+    def log(session: Session, posted: list[PostedExchange]) -> None:
+        record_reversal(
+            session,
+            community_id,
+            by=by,
+            exchange_id=exchange_id,
+            reversal_id=posted[0].id,
+            reason=reason,
+        )
+
+    return log
