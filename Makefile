@@ -38,9 +38,11 @@ fuzz: $(DEV_STAMP)
 	PROTOCOOP_FUZZ=long PROTOCOOP_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
 		$(BIN)/python -m pytest tests/test_fuzz.py -rA $(PYTEST_ARGS)
 
+## make lint: ruff, and the import contracts of docs/architecture.md (lint-imports)
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench migrations
 	$(BIN)/ruff format --check src tests bench migrations
+	$(BIN)/lint-imports
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
