@@ -27,16 +27,21 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 run: $(SERVE_STAMP)
 	$(BIN)/protocoop serve
 
-## make test: install and run the test suite (PostgreSQL half runs when PROTOCOOP_TEST_POSTGRES_URL is set)
+## make test: install and run the test suite (PostgreSQL half runs when PROTOCOOP_TEST_POSTGRES_URL is set):
+## the in-process tests in parallel (TEST_WORKERS, default 2), then the `slow` ones (real servers,
+## crashes, faults) one at a time. PYTEST_ARGS narrows both, e.g. PYTEST_ARGS=tests/api/test_members.py
+## (exit code 5 means that half had nothing to run).
+TEST_WORKERS ?= 2
 test: $(DEV_STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -p no:xdist -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-## make fuzz: a long schemathesis pass against a real server, as every role (tests/test_fuzz.py);
+## make fuzz: a long schemathesis pass against a real server, as every role (tests/system/test_fuzz.py);
 ## PostgreSQL too when PROTOCOOP_TEST_POSTGRES_URL is set. FUZZ_EXAMPLES sets examples per operation.
 FUZZ_EXAMPLES ?= 300
 fuzz: $(DEV_STAMP)
 	PROTOCOOP_FUZZ=long PROTOCOOP_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
-		$(BIN)/python -m pytest tests/test_fuzz.py -rA $(PYTEST_ARGS)
+		$(BIN)/python -m pytest tests/system/test_fuzz.py -rA $(PYTEST_ARGS)
 
 ## make lint: ruff, and the import contracts of docs/architecture.md (lint-imports)
 lint: $(DEV_STAMP)

@@ -15,8 +15,9 @@ Configurations (`--database`):
 - `sqlite`: a file in a temporary directory;
 - `postgresql`: two runs. `shared` is the machine's server (`--postgres-url`; here CI-like, with
   autovacuum off: nothing re-analyzes a growing table). `private` is a throwaway cluster that this
-  bench `initdb`s and starts (`tests.private_postgres.PrivatePostgres`) with production settings
-  (autovacuum on, PostgreSQL's defaults otherwise). `--postgres-only shared|private` runs one.
+  bench `initdb`s and starts (`tests.support.private_postgres.PrivatePostgres`) with production
+  settings (autovacuum on, PostgreSQL's defaults otherwise). `--postgres-only shared|private`
+  runs one.
 On PostgreSQL each milestone line also says how many rows of `exchanges` and `entries` the
 whole run has read per exchange posted (`pg_stat_user_tables`, sequential and index reads; the
 statistics reach it with up to a few seconds' delay): a posting path whose plans stay good reads
@@ -183,7 +184,7 @@ def measure(
 def private_cluster() -> Iterator[str]:
     """A throwaway PostgreSQL cluster with production settings (autovacuum on); yields the URL of
     its empty maintenance database."""
-    from tests.private_postgres import PrivatePostgres, find_pg_bin
+    from tests.support.private_postgres import PrivatePostgres, find_pg_bin
 
     bin_dir = find_pg_bin()
     if bin_dir is None or not (bin_dir / "initdb").is_file():

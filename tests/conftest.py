@@ -9,32 +9,51 @@ PostgreSQL half is skipped, except under `CI=true`, where its absence fails the 
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from protocoop.app import create_app
 from protocoop.auth.roles import Role
 from protocoop.config import Settings
 from protocoop.db import Database, migrate
-from protocoop.db.base import Base
-from protocoop.keys import service as keys_service
+from tests.support.api import Api, create_community, create_member, make_key
+from tests.support.databases import (
+    BACKENDS,
+    IN_CI,
+    POSTGRES_ENV,
+    create_postgres_database,
+    drop_postgres_database,
+    truncate_postgres,
+)
 
-POSTGRES_ENV = "PROTOCOOP_TEST_POSTGRES_URL"
-IN_CI = os.environ.get("CI", "").lower() == "true"
-BACKENDS = ["sqlite", "postgresql"]
+pytest_plugins = [
+    "tests.support.live_server",
+    "tests.support.faults",
+    "tests.support.private_postgres",
+]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if IN_CI and not os.environ.get(POSTGRES_ENV):
         raise pytest.UsageError(f"CI=true but {POSTGRES_ENV} is not set: PostgreSQL tests must run")
+
+
+SERVER_FIXTURES = {"live_server", "forked_server", "private_postgres"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that runs a real server or cluster (all of `tests/system/`, and any test asking
+    for one) is `slow`: `make test` runs those one at a time after the rest has run in parallel,
+    because their group commits, timeouts and crash windows need the machine's cores."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.path.parent.name == "system" or fixtures & SERVER_FIXTURES:
+            item.add_marker(pytest.mark.slow)
 
 
 # --- databases ---------------------------------------------------------------------------------
@@ -59,24 +78,6 @@ def postgres_server_url() -> str:
     return url
 
 
-def create_postgres_database(server_url: str) -> str:
-    """Create an empty database named protocoop_test_<random>; returns its URL."""
-    name = f"protocoop_test_{secrets.token_hex(6)}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_postgres_database(server_url: str, database_url: str) -> None:
-    name = make_url(database_url).database
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
 @pytest.fixture(scope="session")
 def postgres_url(postgres_server_url: str) -> Iterator[str]:
     """A migrated PostgreSQL database for this test session, emptied before each test."""
@@ -86,16 +87,6 @@ def postgres_url(postgres_server_url: str) -> Iterator[str]:
         yield url
     finally:
         drop_postgres_database(postgres_server_url, url)
-
-
-def _truncate_postgres(url: str) -> None:
-    tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
-    engine = create_engine(url)
-    with engine.begin() as connection:
-        # The append-only tables refuse TRUNCATE; a replica session fires no triggers.
-        connection.execute(text("SET LOCAL session_replication_role = replica"))
-        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    engine.dispose()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -123,7 +114,7 @@ def database_url(backend: str, request: pytest.FixtureRequest) -> str:
         return url
     url = request.getfixturevalue("postgres_url")
     _quiesce_app(url)
-    _truncate_postgres(url)
+    truncate_postgres(url)
     return str(url)
 
 
@@ -185,47 +176,6 @@ def client(app: Any, settings: Settings) -> TestClient:
     return _APPS[settings.database_url][1]
 
 
-class Api:
-    """A test client that authenticates as one key: `api.as_(token)` switches keys."""
-
-    def __init__(self, client: TestClient, token: str | None) -> None:
-        self.client = client
-        self.token = token
-
-    def as_(self, token: str | None) -> Api:
-        return Api(self.client, token)
-
-    def _headers(self, headers: dict[str, str] | None) -> dict[str, str]:
-        merged = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        merged.update(headers or {})
-        return merged
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        kwargs["headers"] = self._headers(kwargs.get("headers"))
-        return self.client.request(method, path, **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> Any:
-        return self.request("GET", path, **kwargs)
-
-    def post(self, path: str, **kwargs: Any) -> Any:
-        return self.request("POST", path, **kwargs)
-
-    def patch(self, path: str, **kwargs: Any) -> Any:
-        return self.request("PATCH", path, **kwargs)
-
-    def delete(self, path: str, **kwargs: Any) -> Any:
-        return self.request("DELETE", path, **kwargs)
-
-
-def make_key(db: Database, role: Role, community: str | None = None) -> str:
-    """A fresh token of `role`, made as the command line would."""
-    return db.run_write(
-        lambda session: keys_service.create_key(
-            session, role=role, community_id=community, label=f"test {role.value}", created_by=None
-        )
-    ).token
-
-
 @pytest.fixture
 def admin_token(db: Database) -> str:
     return make_key(db, Role.ADMIN)
@@ -235,41 +185,6 @@ def admin_token(db: Database) -> str:
 def api(client: TestClient, admin_token: str) -> Api:
     """The API as an admin."""
     return Api(client, admin_token)
-
-
-def every_item(get: Callable[..., Any], path: str, **params: Any) -> list[dict[str, Any]]:
-    """Every item of a list at `path`, following `next_cursor` 1000 at a time; `get(path,
-    params=...)` is any client's GET (each page must answer 200)."""
-    items: list[dict[str, Any]] = []
-    query: dict[str, Any] = {"limit": 1000, **params}
-    while True:
-        response = get(path, params=query)
-        assert response.status_code == 200, f"GET {path}: {response.status_code} {response.text}"
-        page = response.json()
-        items.extend(page["items"])
-        if page["next_cursor"] is None:
-            return items
-        query = {**query, "cursor": page["next_cursor"]}
-
-
-def create_community(api: Api, community_id: str = "riverside", **fields: Any) -> dict[str, Any]:
-    body = {
-        "id": community_id,
-        "name": fields.pop("name", community_id.title()),
-        "unit": fields.pop("unit", {"code": "HOUR", "name": "hour", "scale": 0}),
-        "default_lower_limit": fields.pop("default_lower_limit", -100),
-        **fields,
-    }
-    response = api.post("/v1/communities", json=body)
-    assert response.status_code == 201, response.text
-    return dict(response.json())
-
-
-def create_member(api: Api, community_id: str, member_id: str, **fields: Any) -> dict[str, Any]:
-    body = {"id": member_id, "name": fields.pop("name", member_id.title()), **fields}
-    response = api.post(f"/v1/communities/{community_id}/members", json=body)
-    assert response.status_code == 201, response.text
-    return dict(response.json())
 
 
 @pytest.fixture
