@@ -30,6 +30,8 @@ from protocoop.keys.router import router as api_keys_router
 from protocoop.ledger.expiry import sweep
 from protocoop.ledger.router import router as exchanges_router
 from protocoop.ledger.writer import GroupCommitWriter
+from protocoop.links.router import intertrades as intertrades_router
+from protocoop.links.router import links as links_router
 from protocoop.members.router import router as members_router
 from protocoop.mutuality.router import router as mutuality_router
 from protocoop.observability import GROUP_COMMIT_SIZE, configure_logging
@@ -128,6 +130,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events_router,
         api_keys_router,
         audit_log_router,
+        links_router,
+        intertrades_router,
     ):
         app.include_router(router)
     openapi.install(app)  # after the routers: documents every problem each route can answer

@@ -29,12 +29,12 @@ from protocoop.money import MAX_AMOUNT, MAX_LIMIT
 
 COMMUNITY_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
 MEMBER_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
-ACCOUNT_ID_PATTERN = r"^@?[a-z0-9][a-z0-9-]{0,61}$"
+ACCOUNT_ID_PATTERN = r"^(@link:[a-z0-9][a-z0-9-]{1,56}|@?[a-z0-9][a-z0-9-]{0,61})$"
 
 CommunityId = Annotated[str, StringConstraints(pattern=COMMUNITY_ID_PATTERN), Strict()]
 MemberId = Annotated[str, StringConstraints(pattern=MEMBER_ID_PATTERN), Strict()]
 AccountId = Annotated[str, StringConstraints(pattern=ACCOUNT_ID_PATTERN), Strict()]
-"""A member id, or a system account id such as `@commons`."""
+"""A member id, or a system account id such as `@commons` or a clearing account `@link:<c>`."""
 
 EXCHANGE_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _EXCHANGE_ID = re.compile(EXCHANGE_ID_PATTERN)

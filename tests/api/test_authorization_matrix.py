@@ -42,6 +42,8 @@ ADMIN_ONLY = frozenset({ADMIN})
 C = "/v1/communities/{community_id}"
 X = f"{C}/exchanges/{{exchange_id}}"
 M = f"{C}/members/{{member_id}}"
+L = "/v1/links/{link_id}"
+IT = f"{C}/intertrades/{{intertrade_id}}"
 
 MATRIX: dict[tuple[str, str], frozenset[Role] | None] = {
     # operations and documentation
@@ -59,6 +61,11 @@ MATRIX: dict[tuple[str, str], frozenset[Role] | None] = {
     ("GET", "/v1/api-keys"): MANAGERS,  # treasurer: its community's
     ("DELETE", "/v1/api-keys/{key_id}"): MANAGERS,  # treasurer: its community's app/auditor keys
     ("GET", "/v1/audit-log"): ADMIN_ONLY,
+    ("POST", "/v1/links"): ADMIN_ONLY,
+    ("GET", "/v1/links"): OVERSEERS,  # admin: all; treasurer, auditor: their community's
+    ("GET", L): OVERSEERS,
+    ("PATCH", L): ADMIN_ONLY,
+    ("DELETE", L): ADMIN_ONLY,
     # one community
     ("GET", C): ANY_KEY,
     ("PATCH", C): MANAGERS,
@@ -83,6 +90,9 @@ MATRIX: dict[tuple[str, str], frozenset[Role] | None] = {
     ("GET", f"{C}/audit"): OVERSEERS,
     ("GET", f"{C}/audit-log"): OVERSEERS,
     ("GET", f"{C}/events"): ANY_KEY,
+    ("POST", f"{C}/intertrades"): POSTERS,  # a key of the receiver's community
+    ("GET", IT): ANY_KEY,
+    ("POST", f"{IT}/reverse"): MANAGERS,
 }  # fmt: skip
 """(method, path) -> the roles that may call it (docs/design.md §2), or PUBLIC."""
 
@@ -137,6 +147,8 @@ class World:
     api: Api
     tokens: dict[Role, str]
     exchanges: dict[str, str]
+    link: str = ""
+    intertrades: dict[str, str] = field(default_factory=dict)
     counter: itertools.count[int] = field(default_factory=itertools.count)
 
     def fresh(self, prefix: str) -> str:
@@ -145,6 +157,27 @@ class World:
     def exchange(self, community: str, *, pending: bool = False) -> str:
         body = exchange_body(self, pending=pending)
         response = self.api.post(f"/v1/communities/{community}/exchanges", json=body)
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    def intertrade(self, community: str) -> str:
+        """alice of the other community gives bob of `community` 1 unit."""
+        other = OTHER if community == OWN else OWN
+        body = intertrade_body(self, other)
+        response = self.api.post(f"/v1/communities/{community}/intertrades", json=body)
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    def unlinked_pair(self) -> dict[str, Any]:
+        """A link's body for two new communities."""
+        pair = [self.fresh("linked") for _ in range(2)]
+        for community in pair:
+            create_community(self.api, community)
+        return {"a": pair[0], "b": pair[1], "rate": {"a": 1, "b": 1}, "a_cap": 10, "b_cap": 10}
+
+    def new_link(self) -> str:
+        """A link between two new communities."""
+        response = self.api.post("/v1/links", json=self.unlinked_pair())
         assert response.status_code == 201, response.text
         return str(response.json()["id"])
 
@@ -165,6 +198,15 @@ def exchange_body(world: World, *, pending: bool = False) -> dict[str, Any]:
         "description": "matrix",
     }
     return {**body, "pending": True} if pending else body
+
+
+def intertrade_body(world: World, provider_community: str) -> dict[str, Any]:
+    return {
+        "provider": f"{provider_community}/alice",
+        "receiver": "bob",
+        "amount": 1,
+        "description": "matrix",
+    }
 
 
 Builder = Callable[[World, str], Call]
@@ -193,6 +235,15 @@ CALLS: dict[tuple[str, str], Builder] = {
     ("POST", f"{X}/cancel"): lambda w, c: Call({"exchange_id": w.exchange(c, pending=True)}),
     ("POST", "/v1/api-keys"): lambda w, c: Call(json={"role": "auditor", "community": c}),
     ("DELETE", "/v1/api-keys/{key_id}"): lambda w, c: Call({"key_id": w.key(c)}),
+    ("POST", "/v1/links"): lambda w, c: Call(json=w.unlinked_pair()),
+    ("PATCH", L): lambda w, c: Call(json={"a_cap": 100}),
+    ("DELETE", L): lambda w, c: Call({"link_id": w.new_link()}),
+    ("POST", f"{C}/intertrades"): lambda w, c: Call(
+        json=intertrade_body(w, OTHER if c == OWN else OWN)
+    ),
+    ("POST", f"{IT}/reverse"): lambda w, c: Call(
+        {"intertrade_id": w.intertrade(c)}, json={"reason": "undo"}
+    ),
 }
 """Requests that succeed when the role may make them. Other routes get the path filled with
 existing resources (alice, the community's exchange) and, if they take one, an empty body: a
@@ -205,6 +256,8 @@ def request_for(world: World, method: str, template: str, community: str) -> tup
         "community_id": community,
         "member_id": "alice",
         "exchange_id": world.exchanges[community],
+        "link_id": world.link,
+        "intertrade_id": world.intertrades.get(community, "none"),
         **call.path_values,
     }
     path = PATH_PARAMETER.sub(lambda match: values.get(match.group(1), "alice"), template)
@@ -266,7 +319,13 @@ def world(api: Api, db: Database) -> World:
         exchanges[community] = give(api, community, "alice", "bob", 5)["id"]
     tokens = {role: make_key(db, role, OWN) for role in ROLES if role is not ADMIN}
     tokens[ADMIN] = make_key(db, ADMIN)
-    return World(api=api, tokens=tokens, exchanges=exchanges)
+    world = World(api=api, tokens=tokens, exchanges=exchanges)
+    link = {"a": OWN, "b": OTHER, "rate": {"a": 1, "b": 1}, "a_cap": 1000, "b_cap": 1000}
+    response = api.post("/v1/links", json=link)
+    assert response.status_code == 201, response.text
+    world.link = response.json()["id"]
+    world.intertrades = {community: world.intertrade(community) for community in (OWN, OTHER)}
+    return world
 
 
 def test_every_route_answers_every_role_as_the_role_table_says(app: Any, world: World) -> None:

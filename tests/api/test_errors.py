@@ -159,6 +159,8 @@ def test_every_operation_with_a_json_body_refuses_a_repeated_key(
             member_id="alice",
             exchange_id="00000000-0000-4000-8000-000000000000",
             key_id="key_0000000000000000",
+            link_id="00000000-0000-4000-8000-000000000000",
+            intertrade_id="00000000-0000-4000-8000-000000000000",
         )
         response = api.request(
             method.upper(), concrete, content='{"x":1,"x":1}', headers={"Content-Type": JSON}

@@ -18,7 +18,8 @@ class AuditLogEntryPublic(ResponseModel):
     action: str = Field(
         examples=["member.updated"],
         description="community.created|updated, member.created|updated, "
-        "api_key.created|revoked, exchange.reversed.",
+        "api_key.created|revoked, exchange.reversed, link.created|updated|deleted, "
+        "intertrade.reversed.",
     )
     target: str = Field(
         description="Id of what was changed: community, member, API key or reversed exchange."

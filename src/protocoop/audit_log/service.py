@@ -46,6 +46,10 @@ Action = Literal[
     "api_key.created",
     "api_key.revoked",
     "exchange.reversed",
+    "link.created",
+    "link.updated",
+    "link.deleted",
+    "intertrade.reversed",
 ]
 ACTIONS: tuple[str, ...] = get_args(Action)
 

@@ -198,5 +198,7 @@ Manager = Annotated[Principal, Depends(in_community(MANAGERS))]
 """Treasurer or admin: members, limits, reversals, settings."""
 Admin = Annotated[Principal, Depends(require_roles(ADMINS))]
 KeyManager = Annotated[Principal, Depends(require_roles(MANAGERS))]
+LinkReader = Annotated[Principal, Depends(require_roles(OVERSEERS))]
+"""Admins see every link; a treasurer or auditor those of its own community."""
 MetricsReader = Annotated[None, Depends(read_metrics)]
 """The metrics token or an admin key (anyone when `/metrics` is public)."""

@@ -300,6 +300,7 @@ class Exchange(Base):
         UniqueConstraint("community_id", "seq"),
         UniqueConstraint("community_id", "external_id"),
         UniqueConstraint("community_id", "reverses"),
+        Index(None, "community_id", "intertrade_id", unique=True),
         ForeignKeyConstraint(
             ["community_id", "provider"], ["accounts.community_id", "accounts.id"]
         ),
@@ -345,6 +346,8 @@ class Exchange(Base):
     """When it was recorded (UTC, microseconds); never earlier than the previous exchange's."""
     reverses: Mapped[str | None] = mapped_column(EXCHANGE_ID)
     """Id of the exchange this one reverses; an exchange is reversed at most once."""
+    intertrade_id: Mapped[str | None] = mapped_column(EXCHANGE_ID)
+    """The intertrade this exchange is one side of (`intertrades.id`); hashed when set."""
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONDocument)
     """The app's JSON object (<= 4 KiB), stored as given, not hashed."""
     levy_amount: Mapped[int | None] = mapped_column(BigInteger)
@@ -552,3 +555,94 @@ class AuditLogEntry(Base):
     """The changed fields as they were; null for a creation."""
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
     """The changed fields as they became (for a creation, the whole new resource)."""
+
+
+class Link(Base):
+    """A trading link between two communities: `rate_a` minor units of `a`'s unit are worth
+    `rate_b` of `b`'s, and each community's clearing account for the link (`@link:<other>`) may
+    go down to minus its cap. A global table: a link spans two communities (design §7)."""
+
+    __tablename__ = "links"
+    __table_args__ = (
+        CheckConstraint("a <> b", name="distinct_communities"),
+        CheckConstraint(
+            "low < high AND ((a = low AND b = high) OR (a = high AND b = low))",
+            name="pair_is_a_and_b",
+        ),
+        UniqueConstraint("low", "high"),
+        CheckConstraint(
+            f"rate_a > 0 AND rate_a <= {MAX_AMOUNT} AND rate_b > 0 AND rate_b <= {MAX_AMOUNT}",
+            name="rate_range",
+        ),
+        CheckConstraint(
+            f"a_cap >= 0 AND a_cap <= {MAX_BALANCE} AND b_cap >= 0 AND b_cap <= {MAX_BALANCE}",
+            name="caps_range",
+        ),
+        CheckConstraint("status IN ('active', 'suspended', 'closed')", name="status_known"),
+    )
+
+    id: Mapped[str] = mapped_column(EXCHANGE_ID, primary_key=True)
+    """UUID of the link."""
+    a: Mapped[str] = mapped_column(SLUG, ForeignKey("communities.id"))
+    b: Mapped[str] = mapped_column(SLUG, ForeignKey("communities.id"))
+    low: Mapped[str] = mapped_column(SLUG)
+    """The smaller of `a` and `b`: with `high`, one link per pair whichever way it was named."""
+    high: Mapped[str] = mapped_column(SLUG)
+    rate_a: Mapped[int] = mapped_column(BigInteger)
+    rate_b: Mapped[int] = mapped_column(BigInteger)
+    a_cap: Mapped[int] = mapped_column(BigInteger)
+    """How far `a`'s clearing account may go below zero: `a`'s net exports to `b`."""
+    b_cap: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    """`active`; `suspended` (no new intertrades, history kept); `closed` (deleted with history)."""
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Intertrade(Base):
+    """One exchange across a link, recorded as one exchange in each community in one
+    transaction. Append-only: a reversal is a new intertrade naming the one it `reverses`."""
+
+    __tablename__ = "intertrades"
+    __table_args__ = (
+        UniqueConstraint("reverses"),
+        ForeignKeyConstraint(
+            ["provider_community", "provider_exchange_id"],
+            ["exchanges.community_id", "exchanges.id"],
+        ),
+        ForeignKeyConstraint(
+            ["receiver_community", "receiver_exchange_id"],
+            ["exchanges.community_id", "exchanges.id"],
+        ),
+        CheckConstraint("provider_community <> receiver_community", name="two_communities"),
+        CheckConstraint(
+            f"provider_amount > 0 AND provider_amount <= {MAX_AMOUNT} AND "
+            f"receiver_amount > 0 AND receiver_amount <= {MAX_AMOUNT}",
+            name="amounts_range",
+        ),
+        CheckConstraint("rate_a > 0 AND rate_b > 0", name="rate_positive"),
+        CheckConstraint("amount_in IN ('provider', 'receiver')", name="amount_in_known"),
+        Index(None, "link_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(EXCHANGE_ID, primary_key=True)
+    link_id: Mapped[str] = mapped_column(EXCHANGE_ID, ForeignKey("links.id"))
+    provider_community: Mapped[str] = mapped_column(SLUG, ForeignKey("communities.id"))
+    provider: Mapped[str] = mapped_column(SLUG)
+    """The member who gave, in the provider's community (+provider_amount)."""
+    provider_amount: Mapped[int] = mapped_column(BigInteger)
+    provider_exchange_id: Mapped[str] = mapped_column(EXCHANGE_ID)
+    receiver_community: Mapped[str] = mapped_column(SLUG, ForeignKey("communities.id"))
+    receiver: Mapped[str] = mapped_column(SLUG)
+    """The member who received, in the receiver's community (-receiver_amount)."""
+    receiver_amount: Mapped[int] = mapped_column(BigInteger)
+    receiver_exchange_id: Mapped[str] = mapped_column(EXCHANGE_ID)
+    amount_in: Mapped[str] = mapped_column(String(16))
+    """Which side's amount the request gave; the other was converted (round half to even)."""
+    rate_a: Mapped[int] = mapped_column(BigInteger)
+    """The link's rate when this was recorded (a later rate applies to later intertrades)."""
+    rate_b: Mapped[int] = mapped_column(BigInteger)
+    reverses: Mapped[str | None] = mapped_column(EXCHANGE_ID, ForeignKey("intertrades.id"))
+    description: Mapped[str] = mapped_column(String(500))
+    created_by: Mapped[str | None] = mapped_column(KEY_ID, ForeignKey("api_keys.id"))
+    created_at: Mapped[datetime]

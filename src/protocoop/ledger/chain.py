@@ -48,6 +48,8 @@ class ChainedExchange:
     reverses: str | None
     created_at: datetime
     entries: tuple[ChainEntry, ...]
+    intertrade_id: str | None = None
+    """Covered only when set: an exchange that is no intertrade hashes as it did before links."""
 
 
 def canonical_bytes(exchange: ChainedExchange) -> bytes:
@@ -69,6 +71,8 @@ def canonical_bytes(exchange: ChainedExchange) -> bytes:
             for e in sorted(exchange.entries, key=lambda e: e.account)
         ],
     }
+    if exchange.intertrade_id is not None:
+        document["intertrade_id"] = exchange.intertrade_id
     # Byte for byte what json.dumps(document, sort_keys=True, separators=(",", ":"),
     # ensure_ascii=False).encode() gives (a test checks it), only faster.
     return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)

@@ -31,6 +31,7 @@ def chain_links(
             _x.c.category,
             _x.c.external_id,
             _x.c.reverses,
+            _x.c.intertrade_id,
             _x.c.created_at,
             _x.c.prev_hash,
             _x.c.hash,
@@ -71,4 +72,5 @@ def _chained(community_id: str, row: Any, entries: list[ChainEntry]) -> ChainedE
         reverses=row.reverses,
         created_at=row.created_at,
         entries=tuple(entries),
+        intertrade_id=row.intertrade_id,
     )

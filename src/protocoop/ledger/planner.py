@@ -44,6 +44,7 @@ from protocoop.ledger.records import (
     Payer,
     PostedExchange,
     Settlement,
+    is_clearing,
     levy_postings,
 )
 from protocoop.money import MAX_BALANCE
@@ -145,6 +146,8 @@ class Original:
     reverses: str | None
     entries: tuple[tuple[str, int], ...]
     """(account, amount), ordered by amount."""
+    intertrade_id: str | None = None
+    """Set when it is one side of an intertrade (reversed only with its other side)."""
     reversed_by: str | None = None
     """The exchange that already reverses it, if any."""
 
@@ -479,6 +482,12 @@ class _Planner:
                 raise NotFound(f"Exchange {draft.reverses!r} not found.")
             if draft.reverses in self.reversed or draft.reverses in reversing:
                 raise InvalidState("The exchange is already reversed.", current_status="reversed")
+            if (original.intertrade_id is None) != (draft.intertrade_id is None):
+                raise InvalidState(
+                    "One side of an intertrade is reversed only with its other side: "
+                    f"POST .../intertrades/{original.intertrade_id}/reverse.",
+                    intertrade_id=original.intertrade_id,
+                )
             change = _Checked(
                 draft=draft,
                 provider=original.receiver,
@@ -496,6 +505,10 @@ class _Planner:
         else:
             if draft.provider == draft.receiver:
                 raise SameMember("Provider and receiver must be different accounts.")
+            if draft.intertrade_id is None and (
+                is_clearing(draft.provider) or is_clearing(draft.receiver)
+            ):
+                raise Forbidden("A clearing account moves only through intertrades.")
             levy = self._levy_for(draft)
             change = _Checked(
                 draft=draft,
@@ -670,6 +683,7 @@ class _Planner:
             reverses=draft.reverses,
             created_at=now,
             entries=tuple(entries),
+            intertrade_id=draft.intertrade_id,
         )
         new_hash = chain_hash(head.last_hash, chained)
         self.head = replace(
@@ -700,6 +714,7 @@ class _Planner:
             metadata=draft.metadata,
             levy_amount=change.levy[0] if change.levy else None,
             levy_paid_by=change.levy[1] if change.levy else None,
+            intertrade_id=draft.intertrade_id,
             entries=tuple(sorted(entries, key=lambda e: (e.amount, e.account))),
             prev_hash=head.last_hash,
             hash=new_hash,
@@ -724,6 +739,7 @@ class _Planner:
                 "metadata": posted.metadata,
                 "levy_amount": posted.levy_amount,
                 "levy_paid_by": posted.levy_paid_by,
+                "intertrade_id": posted.intertrade_id,
                 "created_by": created_by,
                 "prev_hash": posted.prev_hash,
                 "hash": new_hash,

@@ -52,6 +52,7 @@ def document(posted: PostedExchange) -> dict[str, Any]:
         "status": posted.status,
         "reverses": posted.reverses,
         "reversed_by": posted.reversed_by,
+        "intertrade_id": posted.intertrade_id,
         "metadata": posted.metadata,
         "levy": (
             {"amount": posted.levy_amount, "paid_by": posted.levy_paid_by}
@@ -87,6 +88,7 @@ def public(posted: PostedExchange) -> ExchangePublic:
         status=posted.status,
         reverses=posted.reverses,
         reversed_by=posted.reversed_by,
+        intertrade_id=posted.intertrade_id,
         metadata=posted.metadata,
         levy=_levy(posted.levy_amount, posted.levy_paid_by),
         entries=[
@@ -152,6 +154,7 @@ def _documents(session: Session, community_id: str, rows: list[Row[Any]]) -> lis
                 status="completed",
                 reverses=row.reverses,
                 reversed_by=reversed_by.get(row.id),
+                intertrade_id=row.intertrade_id,
                 metadata=row.metadata,
                 levy=_levy(row.levy_amount, row.levy_paid_by),
                 entries=entries[row.id],
@@ -181,6 +184,7 @@ def _proposal_document(community_id: str, row: Any) -> ExchangePublic:
         status=row.status,
         reverses=None,
         reversed_by=None,
+        intertrade_id=None,
         metadata=row.metadata,
         levy=_levy(row.levy_amount, row.levy_paid_by),
         entries=[],
@@ -205,6 +209,7 @@ def _exchange_columns() -> Select[Any]:
         _x.c.occurred_at,
         _x.c.created_at,
         _x.c.reverses,
+        _x.c.intertrade_id,
         _x.c.metadata,
         _x.c.levy_amount,
         _x.c.levy_paid_by,

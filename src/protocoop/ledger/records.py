@@ -12,6 +12,18 @@ from typing import Any, Literal
 from protocoop.ledger.chain import ChainEntry
 
 COMMONS = "@commons"
+CLEARING_PREFIX = "@link:"
+"""A community's clearing account for a link is `@link:<the other community>`."""
+
+
+def clearing_account(other_community: str) -> str:
+    return CLEARING_PREFIX + other_community
+
+
+def is_clearing(account_id: str) -> bool:
+    return account_id.startswith(CLEARING_PREFIX)
+
+
 PPM = 1_000_000
 
 Payer = Literal["provider", "receiver"]
@@ -56,6 +68,9 @@ class Draft:
     """Who proposes a pending exchange (and may cancel it)."""
     expires_in: int = 7 * 24 * 3600
     """Seconds a pending exchange's reservation lasts."""
+    intertrade_id: str | None = None
+    """This community's side of an intertrade (`links.intertrades`): the only way a clearing
+    account (`@link:<community>`) moves."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +92,7 @@ class PostedExchange:
     metadata: dict[str, Any] | None
     levy_amount: int | None = None
     levy_paid_by: str | None = None
+    intertrade_id: str | None = None
     seq: int | None = None
     reverses: str | None = None
     reversed_by: str | None = None

@@ -144,6 +144,10 @@ class ExchangePublic(ResponseModel):
     status: ExchangeStatus
     reverses: str | None
     reversed_by: str | None
+    intertrade_id: str | None = Field(
+        default=None,
+        description="Set on each community's side of an intertrade (the same id on both sides).",
+    )
     metadata: dict[str, Any] | None
     levy: LevyPublic | None = None
     entries: list[EntryPublic] = Field(description="Empty until completed.")

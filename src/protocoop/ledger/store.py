@@ -298,6 +298,7 @@ class LedgerStore:
                 _exchanges.c.receiver,
                 _exchanges.c.amount,
                 _exchanges.c.reverses,
+                _exchanges.c.intertrade_id,
             ).where(_exchanges.c.community_id == self.community_id, _exchanges.c.id.in_(ids))
         ).all()
         if not rows:
@@ -326,6 +327,7 @@ class LedgerStore:
                 amount=row.amount,
                 reverses=row.reverses,
                 entries=tuple(entries[row.id]),
+                intertrade_id=row.intertrade_id,
                 reversed_by=reversed_by.get(row.id),
             )
             for row in rows
