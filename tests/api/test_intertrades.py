@@ -11,11 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from protocoop.auth.roles import Role
 from protocoop.db import Database
 from tests.support.api import Api, create_community, create_member, every_item, make_key
 from tests.support.checks import problem
+from tests.support.databases import tampering
 
 R, H, T = "riverside", "hillside", "thirdtown"
 LINKS = "/v1/links"
@@ -358,3 +360,22 @@ def test_a_pair_is_linked_once_whichever_way_it_is_named(api: Api, network: dict
     problem(api.post(LINKS, json=itself), 422, "validation_error")
     nowhere = {"a": R, "b": "nowhere", "rate": {"a": 1, "b": 1}, "a_cap": 0, "b_cap": 0}
     problem(api.post(LINKS, json=nowhere), 404, "not_found")
+
+
+def test_the_audit_catches_an_intertrade_whose_sides_no_longer_mirror(
+    api: Api, network: dict[str, Any], db: Database
+) -> None:
+    done = trade(api, network, f"{R}/alice", H, "hana", 2_000).json()
+    for community in (R, H):
+        audit_ok(api, community)
+    with tampering(db) as connection:
+        connection.execute(
+            text("UPDATE intertrades SET receiver_amount = receiver_amount + 1 WHERE id = :id"),
+            {"id": done["id"]},
+        )
+    report = api.get(f"/v1/communities/{H}/audit").json()
+    assert not report["ok"]
+    codes = {p["code"] for p in report["problems"] if p["invariant"] == 8}
+    # (hana's 20.01 still converts to Riverside's 1.00 hour: the rate check holds)
+    assert codes == {"clearing_mismatch", "intertrade_side_mismatch"}
+    assert api.get(f"/v1/communities/{R}/audit").json()["ok"]  # Riverside's side still holds

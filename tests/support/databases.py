@@ -48,7 +48,7 @@ def truncate_postgres(url: str) -> None:
     engine.dispose()
 
 
-LEDGER_TABLES = ("exchanges", "entries")
+LEDGER_TABLES = ("exchanges", "entries", "intertrades")
 
 
 @contextmanager

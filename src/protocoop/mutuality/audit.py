@@ -21,21 +21,32 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from sqlalchemy import ColumnElement, and_, func, literal, or_, select
+from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from protocoop.clock import utc_now
 from protocoop.db import Database
-from protocoop.db.models import Account, AuditCheckpoint, Entry, Exchange, LedgerHead
+from protocoop.db.models import (
+    Account,
+    AuditCheckpoint,
+    Entry,
+    Exchange,
+    Intertrade,
+    LedgerHead,
+    Link,
+)
 from protocoop.db.sums import exact_sum, summed
 from protocoop.ledger.chain import GENESIS_HASH, ChainedExchange, verify_chain
 from protocoop.ledger.history import chain_links
+from protocoop.links.convert import convert
 from protocoop.mutuality.figures import Window, flows_by_member, most_imbalanced_pairs, totals
 from protocoop.mutuality.schemas import AuditProblem, AuditReport
 
 _a = Account.__table__
 _e = Entry.__table__
 _x = Exchange.__table__
+_links = Link.__table__
+_t = Intertrade.__table__
 
 MAX_PROBLEMS_PER_CHECK = 100
 
@@ -55,6 +66,7 @@ def audit_community(
     problems += _running_balances(session, community_id, start_seq)
     problems += _zero_sum(session, community_id)
     problems += _limits(session, community_id)
+    problems += _links_mirrored(session, community_id)
     checked, chain_problems = _hash_chain(session, community_id, start_seq, start_hash)
     problems += chain_problems
     if checkpoint is None:
@@ -350,3 +362,138 @@ def audit_and_checkpoint(db: Database, community_id: str) -> AuditReport:
             lambda session: record_checkpoint(session, community_id, report.checked_exchanges)
         )
     return report
+
+
+def _links_mirrored(session: Session, community_id: str) -> list[AuditProblem]:
+    """Invariant 8: every clearing account is what the intertrades over its link say (imports
+    minus exports, reversals netted), every intertrade of the community is one of its exchanges
+    with the same amount and its id, converted at the stored rate, and no exchange names an
+    intertrade that does not name it back."""
+    problems: list[AuditProblem] = []
+
+    def problem(code: str, detail: str, **where: str | int | None) -> None:
+        problems.append(AuditProblem(invariant=8, code=code, detail=detail, **where))
+
+    links = session.execute(
+        select(_links.c.id, _links.c.a, _links.c.b).where(
+            or_(_links.c.a == community_id, _links.c.b == community_id)
+        )
+    ).all()
+    for link in links:
+        other = link.b if link.a == community_id else link.a
+        account = f"@link:{other}"
+        balance = session.execute(
+            select(_a.c.balance).where(_a.c.community_id == community_id, _a.c.id == account)
+        ).scalar_one_or_none()
+        net = 0
+        for amount, party, sign in (
+            (_t.c.receiver_amount, _t.c.receiver_community, 1),  # imports
+            (_t.c.provider_amount, _t.c.provider_community, -1),  # exports
+        ):
+            signed = case((_t.c.reverses.is_(None), amount), else_=-amount)
+            total = session.execute(
+                select(func.coalesce(func.sum(signed), 0)).where(
+                    _t.c.link_id == link.id, party == community_id
+                )
+            ).scalar_one()
+            net += sign * int(total)
+        if (balance or 0) != net:
+            problem(
+                "clearing_mismatch",
+                f"{account} is {balance or 0}; the intertrades over the link say {net}",
+                account=account,
+            )
+    for side in ("provider", "receiver"):
+        community_column = _t.c[f"{side}_community"]
+        rows = session.execute(
+            select(
+                _t.c.id,
+                _t.c.link_id,
+                _t.c[f"{side}_amount"].label("stated"),
+                _t.c.provider_amount,
+                _t.c.receiver_amount,
+                _t.c.provider_community,
+                _t.c.amount_in,
+                _t.c.rate_a,
+                _t.c.rate_b,
+                _t.c.reverses,
+                _x.c.id.label("exchange_id"),
+                _x.c.seq,
+                _x.c.amount,
+                _x.c.intertrade_id,
+                _links.c.a.label("link_a"),
+            )
+            .select_from(
+                _t.outerjoin(
+                    _x,
+                    and_(
+                        _x.c.community_id == community_column,
+                        _x.c.id == _t.c[f"{side}_exchange_id"],
+                    ),
+                ).join(_links, _links.c.id == _t.c.link_id)
+            )
+            .where(community_column == community_id)
+        ).all()
+        for row in rows:
+            if row.exchange_id is None or row.intertrade_id != row.id or row.amount != row.stated:
+                problem(
+                    "intertrade_side_mismatch",
+                    f"the {side} side of intertrade {row.id} is not its exchange as recorded",
+                    exchange_id=row.exchange_id,
+                    seq=row.seq,
+                )
+            if side == "receiver" and row.reverses is None:
+                rate_p, rate_r = (
+                    (row.rate_a, row.rate_b)
+                    if row.provider_community == row.link_a
+                    else (row.rate_b, row.rate_a)
+                )
+                converted = (
+                    convert(row.provider_amount, rate_p, rate_r) == row.receiver_amount
+                    if row.amount_in == "provider"
+                    else convert(row.receiver_amount, rate_r, rate_p) == row.provider_amount
+                )
+                if not converted:
+                    problem(
+                        "intertrade_rate_mismatch",
+                        f"intertrade {row.id}'s amounts do not follow its rate",
+                        exchange_id=row.exchange_id,
+                    )
+    orphans = session.execute(
+        select(_x.c.id, _x.c.seq)
+        .select_from(
+            _x.outerjoin(
+                _t,
+                and_(
+                    _t.c.id == _x.c.intertrade_id,
+                    or_(_t.c.provider_exchange_id == _x.c.id, _t.c.receiver_exchange_id == _x.c.id),
+                ),
+            )
+        )
+        .where(
+            _x.c.community_id == community_id, _x.c.intertrade_id.is_not(None), _t.c.id.is_(None)
+        )
+    ).all()
+    for orphan in orphans:
+        problem(
+            "intertrade_missing",
+            "the exchange names an intertrade that does not name it",
+            exchange_id=orphan.id,
+            seq=orphan.seq,
+        )
+    # A clearing account moves only through intertrades.
+    strays = session.execute(
+        select(_x.c.id, _x.c.seq).where(
+            _x.c.community_id == community_id,
+            _x.c.intertrade_id.is_(None),
+            or_(_x.c.provider.like("@link:%"), _x.c.receiver.like("@link:%")),
+        )
+    ).all()
+    for stray in strays:
+        problem(
+            "clearing_outside_intertrade",
+            "a clearing account moved outside an intertrade",
+            exchange_id=stray.id,
+            seq=stray.seq,
+        )
+    return problems[:MAX_PROBLEMS_PER_CHECK]

@@ -12,7 +12,7 @@ from protocoop.schemas import ResponseModel, Timestamp
 
 class AuditProblem(ResponseModel):
     invariant: int = Field(
-        description="Which of the invariants of docs/design.md §1 does not hold (1-5)."
+        description="Which of the invariants of docs/design.md §1 does not hold (1-5, 8)."
     )
     code: str = Field(description="Stable machine code of the problem.")
     detail: str
