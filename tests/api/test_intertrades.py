@@ -379,3 +379,29 @@ def test_the_audit_catches_an_intertrade_whose_sides_no_longer_mirror(
     # (hana's 20.01 still converts to Riverside's 1.00 hour: the rate check holds)
     assert codes == {"clearing_mismatch", "intertrade_side_mismatch"}
     assert api.get(f"/v1/communities/{R}/audit").json()["ok"]  # Riverside's side still holds
+
+
+def test_the_mutuality_report_shows_each_link_and_warns_near_its_cap(
+    api: Api, network: dict[str, Any]
+) -> None:
+    assert trade(api, network, f"{R}/alice", H, "hana", 950, "provider").status_code == 201
+    assert trade(api, network, f"{H}/hugo", R, "bob", 50, "receiver").status_code == 201
+    report = api.get(f"/v1/communities/{R}/mutuality").json()
+    assert report["holds"], report
+    assert report["links"] == [
+        {
+            "other": H,
+            "balance": -900,
+            "cap": 1_000,
+            "exports": 950,
+            "imports": 50,
+            "near_cap": True,
+        }
+    ]
+    assert [w["code"] for w in report["warnings"]].count("near_link_cap") == 1
+    hillside = api.get(f"/v1/communities/{H}/mutuality").json()
+    assert hillside["links"][0]["balance"] == 18_000  # 900 hundredths of an hour at 20.00
+    assert not hillside["links"][0]["near_cap"]
+    # Members count intertrades like any exchange.
+    alice = api.get(f"/v1/communities/{R}/members/alice/mutuality").json()
+    assert (alice["given"], alice["exchanges"]) == (950, 1)

@@ -127,7 +127,13 @@ class Pair:
 
 @dataclass(frozen=True, slots=True)
 class Warning:
-    code: Literal["near_lower_limit", "near_upper_limit", "one_way_member", "dormant_with_balance"]
+    code: Literal[
+        "near_lower_limit",
+        "near_upper_limit",
+        "one_way_member",
+        "dormant_with_balance",
+        "near_link_cap",
+    ]
     detail: str
     member: str | None = None
 
@@ -381,3 +387,53 @@ def member_mutuality(
         key=lambda p: (-abs(p.net), p.partner),
     )
     return MemberMutuality(figures=figures, partners=tuple(rows))
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFigures:
+    """One link as the community sees it, in its own minor units: its clearing account's
+    balance (below zero: net exports), its cap, and what went each way over the link."""
+
+    other: str
+    balance: int
+    cap: int
+    exports: int
+    imports: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkPosition:
+    other: str
+    balance: int
+    cap: int
+    exports: int
+    imports: int
+    near_cap: bool
+    """The community's net exports are within `near_limit_ratio` of the cap (or at it)."""
+
+
+def link_positions(
+    links: Sequence[LinkFigures], near_limit_ratio: float
+) -> tuple[tuple[LinkPosition, ...], tuple[Warning, ...]]:
+    """Each link's position, and a `near_link_cap` warning for each link whose balance of trade
+    is close to its cap: the community is about to stop exporting over it."""
+    positions = tuple(
+        LinkPosition(
+            other=link.other,
+            balance=link.balance,
+            cap=link.cap,
+            exports=link.exports,
+            imports=link.imports,
+            near_cap=-link.balance >= link.cap * (1 - near_limit_ratio) and link.balance < 0,
+        )
+        for link in links
+    )
+    warnings = tuple(
+        Warning(
+            "near_link_cap",
+            f"balance of trade with {p.other} is {p.balance}, cap {p.cap}",
+        )
+        for p in positions
+        if p.near_cap
+    )
+    return positions, warnings

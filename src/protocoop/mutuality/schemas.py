@@ -100,8 +100,23 @@ class PairPublic(ResponseModel):
     net: int
 
 
+class LinkPositionPublic(ResponseModel):
+    other: str
+    balance: int = Field(description="The clearing account: below zero, net exports.")
+    cap: int
+    exports: int
+    imports: int
+    near_cap: bool
+
+
 class WarningPublic(ResponseModel):
-    code: Literal["near_lower_limit", "near_upper_limit", "one_way_member", "dormant_with_balance"]
+    code: Literal[
+        "near_lower_limit",
+        "near_upper_limit",
+        "one_way_member",
+        "dormant_with_balance",
+        "near_link_cap",
+    ]
     member: str | None = None
     detail: str
 
@@ -121,6 +136,10 @@ class MutualityPublic(ResponseModel):
     indicators: IndicatorsPublic
     members: list[MemberReciprocityPublic]
     pairs: list[PairPublic] = Field(description="The 20 most imbalanced pairs.")
+    links: list[LinkPositionPublic] = Field(
+        default_factory=list,
+        description="The community's links, over their whole history (not the window).",
+    )
     warnings: list[WarningPublic]
 
 

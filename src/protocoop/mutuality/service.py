@@ -11,14 +11,23 @@ from protocoop.balances.service import head_seq, statement_window
 from protocoop.clock import utc_now
 from protocoop.communities.service import get_community, public
 from protocoop.errors import NotFound
+from protocoop.links.service import link_figures
 from protocoop.mutuality import figures
 from protocoop.mutuality.audit import audit_community
-from protocoop.mutuality.report import LedgerFigures, Policy, member_mutuality, mutuality_report
+from protocoop.mutuality.report import (
+    LedgerFigures,
+    LinkFigures,
+    Policy,
+    link_positions,
+    member_mutuality,
+    mutuality_report,
+)
 from protocoop.mutuality.schemas import (
     IndicatorsPublic,
     IntegrityPublic,
     LimitPositionPublic,
     LimitsPublic,
+    LinkPositionPublic,
     MemberMutualityPublic,
     MemberReciprocityPublic,
     MutualityPublic,
@@ -61,6 +70,20 @@ def community_mutuality(
     pairs = figures.most_imbalanced_pairs(session, window)
     volume, exchanges = figures.totals(session, window)
     audit = audit_community(session, community_id, since_checkpoint=not full_audit)
+    links, link_warnings = link_positions(
+        [
+            LinkFigures(
+                other=f["other"],
+                balance=f["balance"],
+                cap=f["cap"],
+                exports=f["exports"],
+                imports=f["imports"],
+            )
+            for f in link_figures(session, community_id)
+            if f["status"] != "closed"
+        ],
+        community.near_limit_ratio,
+    )
     report = mutuality_report(
         members,
         pairs,
@@ -95,7 +118,8 @@ def community_mutuality(
         indicators=IndicatorsPublic(**asdict(report.indicators)),
         members=[MemberReciprocityPublic(**asdict(m)) for m in report.members],
         pairs=[PairPublic(**asdict(p)) for p in report.pairs],
-        warnings=[WarningPublic(**asdict(w)) for w in report.warnings],
+        links=[LinkPositionPublic(**asdict(p)) for p in links],
+        warnings=[WarningPublic(**asdict(w)) for w in (*report.warnings, *link_warnings)],
     )
 
 

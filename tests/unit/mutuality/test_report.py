@@ -11,11 +11,13 @@ import pytest
 
 from protocoop.mutuality.report import (
     LedgerFigures,
+    LinkFigures,
     MemberFigures,
     MutualityReport,
     PairFigures,
     PartnerFigures,
     Policy,
+    link_positions,
     member_mutuality,
     mutuality_index,
     mutuality_report,
@@ -489,3 +491,17 @@ def test_member_mutuality_of_an_inactive_member() -> None:
     assert result.figures.standing == "inactive"
     assert result.figures.reciprocity is None
     assert result.partners == ()
+
+
+def test_a_link_near_its_cap_warns_and_one_with_room_does_not() -> None:
+    positions, warnings = link_positions(
+        [
+            LinkFigures(other="hillside", balance=-950, cap=1_000, exports=1_200, imports=250),
+            LinkFigures(other="lowtown", balance=-100, cap=1_000, exports=100, imports=0),
+            LinkFigures(other="importer", balance=900, cap=1_000, exports=0, imports=900),
+        ],
+        near_limit_ratio=0.1,
+    )
+    assert [p.near_cap for p in positions] == [True, False, False]
+    assert [(w.code, w.member) for w in warnings] == [("near_link_cap", None)]
+    assert "hillside" in warnings[0].detail
