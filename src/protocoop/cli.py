@@ -46,6 +46,8 @@ from protocoop.errors import (
 )
 from protocoop.keys import service as keys_service
 from protocoop.ledger import export as export_ledger
+from protocoop.links import service as links_service
+from protocoop.links.schemas import LinkCreate
 from protocoop.members import service as members_service
 from protocoop.members.schemas import MemberCreate
 from protocoop.mutuality import audit as audit_service
@@ -180,10 +182,12 @@ db_app = _typer("Database migrations (Alembic).")
 keys_app = _typer("API keys.")
 communities_app = _typer("Communities.")
 members_app = _typer("Members of a community.")
+links_app = _typer("Links between communities: intertrading with a rate and caps.")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(communities_app, name="communities")
 app.add_typer(members_app, name="members")
+app.add_typer(links_app, name="links")
 
 
 def _print_version(value: bool) -> None:
@@ -667,6 +671,41 @@ def members_list(community: CommunityOption, as_json: JsonOption = False) -> Non
     _print_rows(
         rows, ["id", "name", "kind", "status", "balance", "lower_limit", "upper_limit"], as_json
     )
+
+
+# --- links -------------------------------------------------------------------------------------
+
+
+@links_app.command("create")
+def links_create(
+    a: Annotated[str, typer.Argument(metavar="A", help="One community.")],
+    b: Annotated[str, typer.Argument(metavar="B", help="The other community.")],
+    rate_a: Annotated[int, typer.Option(help="Minor units of A's unit ...")],
+    rate_b: Annotated[int, typer.Option(help="... worth this many minor units of B's.")],
+    a_cap: Annotated[int, typer.Option(help="How far A's clearing account may go below 0.")],
+    b_cap: Annotated[int, typer.Option(help="How far B's clearing account may go below 0.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Link two communities so that their members can trade (intertrades)."""
+    with _clear_errors():
+        spec = LinkCreate.model_validate(
+            {"a": a, "b": b, "rate": {"a": rate_a, "b": rate_b}, "a_cap": a_cap, "b_cap": b_cap}
+        )
+    created = _write(lambda session: links_service.create_link(session, spec, by=None))
+    _print_rows([created], ["id", "a", "b", "a_cap", "b_cap", "status"], as_json)
+
+
+@links_app.command("list")
+def links_list(as_json: JsonOption = False) -> None:
+    """List every link, with its rate, caps and status."""
+    rows = _read(
+        lambda session: _every(
+            lambda after: links_service.list_links(
+                session, visible_to=None, after=after, limit=MAX_LIMIT
+            )
+        )
+    )
+    _print_rows(rows, ["id", "a", "b", "a_cap", "b_cap", "status"], as_json)
 
 
 # --- check and export --------------------------------------------------------------------------

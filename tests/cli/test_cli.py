@@ -352,6 +352,11 @@ MINIMAL_ARGUMENTS: dict[Command, Command] = {
     ("communities", "list"): (),
     ("members", "create"): ("-c", "riverside", "bakery", "--name", "Bakery"),
     ("members", "list"): ("-c", "riverside"),
+    ("links", "create"): (
+        *("riverside", "hillside", "--rate-a", "1", "--rate-b", "1"),
+        *("--a-cap", "0", "--b-cap", "0"),
+    ),
+    ("links", "list"): (),
     ("check",): (),
     ("export",): ("-c", "riverside"),
     ("backup",): ("--output", "backup.db"),
@@ -582,3 +587,44 @@ def test_help_is_never_cut_off(monkeypatch: pytest.MonkeyPatch, columns: str | N
         for parameter in command.params:
             if getattr(parameter, "help", None):
                 assert _normalized(parameter.help) in shown, (path, parameter.name, result.output)
+
+
+@pytest.mark.slow
+def test_an_admin_links_two_communities_and_lists_the_link(
+    empty_database_url: str, elsewhere: Path
+) -> None:
+    url = empty_database_url
+    succeeded(protocoop("db", "upgrade", database_url=url, cwd=elsewhere))
+    for community in ("riverside", "hillside"):
+        command = ("communities", "create", community, "--name", community.title())
+        succeeded(protocoop(*command, database_url=url, cwd=elsewhere))
+    link = ("--rate-a", "100", "--rate-b", "2000", "--a-cap", "1000", "--b-cap", "30000")
+    created = succeeded(
+        protocoop(
+            "links",
+            "create",
+            "riverside",
+            "hillside",
+            *link,
+            "--json",
+            database_url=url,
+            cwd=elsewhere,
+        )
+    )
+    [made] = json.loads(created.stdout)
+    assert (made["a"], made["b"], made["rate"], made["status"]) == (
+        "riverside",
+        "hillside",
+        {"a": 100, "b": 2000},
+        "active",
+    )
+    listed = succeeded(protocoop("links", "list", "--json", database_url=url, cwd=elsewhere))
+    assert [row["id"] for row in json.loads(listed.stdout)] == [made["id"]]
+    again = protocoop(
+        "links", "create", "hillside", "riverside", *link, database_url=url, cwd=elsewhere
+    )
+    assert "already linked" in one_line_error(again, 1)
+    itself = protocoop(
+        "links", "create", "riverside", "riverside", *link, database_url=url, cwd=elsewhere
+    )
+    assert "cannot link to itself" in one_line_error(itself, 2)

@@ -195,12 +195,12 @@ def create_link(session: Session, spec: LinkCreate, *, by: Principal | None) -> 
 
 
 def list_links(
-    session: Session, *, visible_to: Principal, after: str | None, limit: int
+    session: Session, *, visible_to: Principal | None, after: str | None, limit: int
 ) -> Page[LinkPublic]:
-    """Links in id order: every one for an admin, its own community's for a treasurer or
-    auditor."""
+    """Links in id order: every one for an admin (or the command line, `visible_to` None), its
+    own community's for a treasurer or auditor."""
     query = select(Link).order_by(Link.id).limit(limit + 1)
-    if visible_to.community_id is not None:
+    if visible_to is not None and visible_to.community_id is not None:
         query = query.where(
             or_(Link.a == visible_to.community_id, Link.b == visible_to.community_id)
         )
