@@ -47,7 +47,19 @@ def test_the_chain_verifier_follows_every_page_of_the_ledger(live_server: LiveSe
             path,
             json={"provider": provider, "receiver": receiver, "amount": 2, "description": "ü"},
         )
-    newest = admin_call(live_server, "GET", path, params={"limit": 1000, "after_seq": 1004})
+    # Two intertrades: riverside's sides carry an intertrade_id, which the chain covers.
+    create_tight_community(live_server, "hillside", ["hana"], -10, 10)
+    link = {"a": "riverside", "b": "hillside", "rate": {"a": 1, "b": 1}, "a_cap": 5, "b_cap": 5}
+    admin_call(live_server, "POST", "/v1/links", json=link)
+    for provider, receiver_community, receiver in (
+        ("hillside/hana", "riverside", "alice"),
+        ("riverside/bob", "hillside", "hana"),
+    ):
+        body = {"provider": provider, "receiver": receiver, "amount": 1, "description": "bread"}
+        admin_call(
+            live_server, "POST", f"/v1/communities/{receiver_community}/intertrades", json=body
+        )
+    newest = admin_call(live_server, "GET", path, params={"limit": 1000, "after_seq": 1006})
     last_hash = newest.json()["items"][-1]["hash"]
 
     result = subprocess.run(
@@ -60,4 +72,4 @@ def test_the_chain_verifier_follows_every_page_of_the_ledger(live_server: LiveSe
     )
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"chain verified: 1005 exchanges, up to {last_hash}"
+    assert result.stdout.strip() == f"chain verified: 1007 exchanges, up to {last_hash}"
