@@ -191,7 +191,8 @@ def test_database_refuses_to_truncate_the_append_only_tables(
         "TRUNCATE exchanges CASCADE",
         "TRUNCATE entries",
         "TRUNCATE audit_log",
-        "TRUNCATE exchanges, entries, audit_log",
+        "TRUNCATE intertrades",
+        "TRUNCATE exchanges, entries, intertrades, audit_log",
         "TRUNCATE communities CASCADE",
     ):
         with pytest.raises(DBAPIError, match="append-only: TRUNCATE is refused"):
