@@ -27,6 +27,8 @@ from protocoop.communities.schemas import CommunityCreate
 from protocoop.config import Settings
 from protocoop.db import Database, migrate
 from protocoop.keys import service as keys_service
+from protocoop.links import service as links_service
+from protocoop.links.schemas import LinkCreate
 from protocoop.members import service as members_service
 from protocoop.members.schemas import MemberCreate
 
@@ -95,6 +97,18 @@ def prepare(database_url: str, members: int, community: str = COMMUNITY) -> tupl
 
     try:
         return db.run_write(arrange), member_ids
+    finally:
+        db.dispose()
+
+
+def link(database_url: str, a: str, b: str) -> None:
+    """Link communities `a` and `b` at par, with caps no bench reaches."""
+    db = Database(Settings(database_url=database_url, auto_migrate=False, _env_file=None))  # type: ignore[call-arg]
+    spec = LinkCreate.model_validate(
+        {"a": a, "b": b, "rate": {"a": 1, "b": 1}, "a_cap": 10**15, "b_cap": 10**15}
+    )
+    try:
+        db.run_write(lambda session: links_service.create_link(session, spec, by=None))
     finally:
         db.dispose()
 

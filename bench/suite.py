@@ -67,6 +67,7 @@ from bench.common import (
     free_port,
     fresh_database,
     group_cpu_seconds,
+    link,
     prepare,
     running_server,
     wrk,
@@ -76,6 +77,8 @@ from bench.post_exchanges import measure
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 HOT = "hot"
+PARTNER = "partner"
+"""A community linked with the bench's, whose members give in intertrades."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,6 +271,8 @@ def http_figures(kind: str, plan: Plan, postgres_url: str) -> dict[str, Any]:
         with fresh_database(kind, workdir, postgres_url) as database_url:
             token, members = prepare(database_url, 1000)
             hot_token, _ = prepare(database_url, 10, community=HOT)
+            prepare(database_url, 1000, community=PARTNER)
+            link(database_url, COMMUNITY, PARTNER)
             with running_server(database_url, workdir, plan.workers, kind == "sqlite") as (
                 url,
                 group,
@@ -294,6 +299,17 @@ def http_figures(kind: str, plan: Plan, postgres_url: str) -> dict[str, Any]:
                     ),
                 )
                 figures["posts_32"] = with_cpu(group, posts(32, "p32"))
+                intertrade_args = [
+                    f"/v1/communities/{COMMUNITY}/intertrades",
+                    token,
+                    MEMBER_PREFIX,
+                    "1000",
+                    "it32",
+                    f"{PARTNER}/{MEMBER_PREFIX}",
+                ]
+                figures["intertrades_32"] = with_cpu(
+                    group, lambda: wrk("post.lua", url, intertrade_args, 32, seconds)
+                )
                 # The readers get their own run: flat-out readers take CPU from the posts.
                 with readers_during(url, token, seconds) as reads:
                     figures["posts_under_reads"] = posts(32, "pr")()
@@ -400,6 +416,17 @@ def http_rows(name: str, figures: dict[str, Any], ceiling: float, tpcb: float) -
                 + _others(run),
                 f"{ratio:.0%} of ceiling",
                 f"target >= {target:.0%}: {verdict(ratio, target)}" if target else "",
+            )
+        )
+    if "intertrades_32" in figures:
+        run, posts = figures["intertrades_32"], figures["posts_32"]
+        rows.append(
+            (
+                f"{name} intertrades, 32 clients",
+                f"{run['ok_per_s']:,.0f}/s p50 {run['p50_ms']:.1f} ms p99 {run['p99_ms']:.1f} ms"
+                f", server CPU {run['server_cpu_ms_per_request']:.2f} ms/intertrade" + _others(run),
+                f"{run['ok_per_s'] / posts['ok_per_s']:.2f}x single posts (32 clients)",
+                "",
             )
         )
     batch = figures["batches"]

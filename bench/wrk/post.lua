@@ -1,5 +1,7 @@
 -- wrk script: POST exchanges between random members, each with its own Idempotency-Key.
--- Usage: wrk ... -s post.lua URL -- <path> <token> <member-prefix> <members> <run-id>
+-- Usage: wrk ... -s post.lua URL -- <path> <token> <member-prefix> <members> <run-id> [<provider-prefix>]
+-- With <provider-prefix> ("<linked community>/member-"), <path> is an intertrades path and each
+-- request is an intertrade from a random member of the linked community.
 -- Prints one JSON line at the end (requests, seconds, latency percentiles, counts by status)
 -- and one HISTOGRAM line (the latency histogram, to merge runs).
 
@@ -12,7 +14,7 @@ end
 
 function init(args)
   path, token, prefix = args[1], args[2], args[3]
-  members, run = tonumber(args[4]), args[5]
+  members, run, provider_prefix = tonumber(args[4]), args[5], args[6]
   counter = 0
   statuses = {}
   math.randomseed(os.time() * 1000 + thread_id)
@@ -27,7 +29,7 @@ function request()
   if b >= a then b = b + 1 end
   local body = string.format(
     '{"provider":"%s%04d","receiver":"%s%04d","amount":%d,"description":"bench"}',
-    prefix, a, prefix, b, math.random(1, 100))
+    provider_prefix or prefix, a, prefix, b, math.random(1, 100))
   wrk.headers["Idempotency-Key"] = run .. "-" .. thread_id .. "-" .. counter
   return wrk.format("POST", path, nil, body)
 end
