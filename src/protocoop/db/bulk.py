@@ -2,74 +2,139 @@
 
 The posting path writes a whole batch of exchanges, entries and account changes per transaction.
 On PostgreSQL, one `INSERT ... SELECT FROM unnest(arrays)` or `UPDATE ... FROM unnest(arrays)`
-carries all rows in a single statement (a row-by-row `executemany` would pay a statement per row);
-on SQLite, `executemany` is already a loop inside the database library, so it is used as is.
-Either way the same constraints, foreign keys and triggers apply to every row.
+carries all rows of a table in a single statement (a row-by-row `executemany` would pay a
+statement per row), and `Writes` sends every table's statement in one round trip; on SQLite,
+`executemany` is already a loop inside the database library, so it is used as is. Either way
+the same constraints, foreign keys and triggers apply to every row.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, cast
 
+import orjson
 from sqlalchemy import Table, any_, bindparam, insert, select, text, tuple_
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from protocoop.db.watchdog import INFO_KEY as WATCHDOG
 
 
-def _pg_array_type(column_type: TypeEngine[Any], dialect: Any) -> str:
-    if isinstance(column_type.dialect_impl(dialect), JSONB):
-        return "jsonb[]"
-    return f"{column_type.compile(dialect=dialect)}[]"
+class Writes:
+    """Row writes collected for one round trip: `send()` gives them to PostgreSQL together, in
+    order, in psycopg's pipeline mode (the server runs them one after another as usual, and the
+    first failure fails the transaction); SQLite runs them one by one, each an `executemany`.
+
+    On PostgreSQL each table's rows travel as arrays in one `INSERT ... SELECT FROM unnest(...)`
+    or `UPDATE ... FROM unnest(...)`, so a group of any size costs one statement per table."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.postgres = connection.dialect.name == "postgresql"
+        self._statements: list[tuple[str, Any]] = []
+
+    def insert(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert `rows` (dicts keyed by column name; every row has the same keys)."""
+        if not rows:
+            return
+        if not self.postgres:
+            self.connection.execute(insert(table), list(rows))
+            return
+        columns = list(rows[0])
+        source, params = self._recordset(table, rows, columns)
+        names = ", ".join(columns)
+        self._statements.append(
+            (f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {source}", params)  # noqa: S608 (our names)
+        )
+
+    def update(
+        self,
+        table: Table,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        keys: Sequence[str],
+        add: Sequence[str] = (),
+        assign: Sequence[str] = (),
+        unless_null: Sequence[str] = (),
+    ) -> None:
+        """For each row (one per key), update the table row found by `keys`: add the row's
+        value to the `add` columns (`column = column + value`), set the `assign` columns, and
+        set the `unless_null` columns when the row's value is not null."""
+        if not rows:
+            return
+        if not self.postgres:
+            sets = [f"{name} = {name} + :{name}" for name in add]
+            sets += [f"{name} = :{name}" for name in assign]
+            sets += [f"{name} = COALESCE(:{name}, {name})" for name in unless_null]
+            where = " AND ".join(f"{name} = :{name}" for name in keys)
+            # Values go through their column types (kept figures are text on SQLite).
+            typed = [bindparam(name, type_=table.c[name].type) for name in (*keys, *add, *assign)]
+            sqlite_update = text(f"UPDATE {table.name} SET {', '.join(sets)} WHERE {where}")  # noqa: S608
+            self.connection.execute(sqlite_update.bindparams(*typed), list(rows))
+            return
+        columns = [*keys, *add, *assign, *unless_null]
+        source, params = self._recordset(table, rows, columns)
+        sets = [f"{name} = t.{name} + v.{name}" for name in add]
+        sets += [f"{name} = v.{name}" for name in assign]
+        sets += [f"{name} = COALESCE(v.{name}, t.{name})" for name in unless_null]
+        where = " AND ".join(f"t.{name} = v.{name}" for name in keys)
+        self._statements.append(
+            (
+                f"UPDATE {table.name} AS t SET {', '.join(sets)} "  # noqa: S608 (our names)
+                f"FROM {source} WHERE {where}",
+                params,
+            )
+        )
+
+    def _recordset(
+        self, table: Table, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
+    ) -> tuple[str, list[str]]:
+        """The rows as one JSON parameter and the `json_to_recordset(...)` that reads them back
+        as typed columns: one value to send however many rows and columns, encoded in C."""
+        dialect = self.connection.dialect
+        typed = ", ".join(
+            f"{name} {table.c[name].type.compile(dialect=dialect)}" for name in columns
+        )
+        return f"json_to_recordset(%s::json) AS v({typed})", [
+            _json([{n: row[n] for n in columns} for row in rows])
+        ]
+
+    def send(self) -> None:
+        """Run what was collected (on SQLite it already ran)."""
+        statements, self._statements = self._statements, []
+        if not statements:
+            return
+        import psycopg
+
+        driver: Any = self.connection.connection.driver_connection
+        watchdog = self.connection.info.get(WATCHDOG)  # SQLAlchemy does not see these: watch here
+        watched = watchdog.watching(driver) if watchdog else nullcontext()
+        sql = statements[0][0]
+        try:
+            with watched, driver.pipeline(), driver.cursor() as cursor:
+                for sql, params in statements:
+                    cursor.execute(sql, params)
+        except psycopg.Error as error:  # seen by callers like any other statement's failure
+            raise DBAPIError.instance(sql, None, error, psycopg.Error) from error
 
 
-def _pg_value(value: Any, array_type: str) -> Any:
-    if array_type == "jsonb[]" and value is not None:
-        from psycopg.types.json import Jsonb
-
-        return Jsonb(value)
-    return value
+def _json(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # a figure beyond 64 bits (orjson's integers stop there)
+        return json.dumps(value, default=lambda v: v.isoformat())
 
 
 def insert_rows(connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert `rows` (dicts keyed by column name; every row has the same keys)."""
-    if not rows:
-        return
-    if connection.dialect.name != "postgresql":
-        connection.execute(insert(table), list(rows))
-        return
-    columns = list(rows[0])
-    json_columns = {
-        name
-        for name in columns
-        if isinstance(table.c[name].type.dialect_impl(connection.dialect), JSONB)
-    }
-    import psycopg
-
-    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
-    cursor = connection.connection.cursor()  # the driver's own cursor: COPY is psycopg's
-    watchdog = connection.info.get(WATCHDOG)  # SQLAlchemy does not see COPY: watch it here
-    watched = (
-        watchdog.watching(connection.connection.dbapi_connection) if watchdog else nullcontext()
-    )
-    try:
-        with watched, cursor.copy(statement) as copy:
-            for row in rows:
-                copy.write_row(
-                    [
-                        _pg_value(row[name], "jsonb[]" if name in json_columns else "")
-                        for name in columns
-                    ]
-                )
-    except psycopg.Error as error:  # seen by callers like any other statement's failure
-        raise DBAPIError.instance(statement, None, error, psycopg.Error) from error
-    finally:
-        cursor.close()
+    """Insert `rows` (dicts keyed by column name; every row has the same keys) now."""
+    writes = Writes(connection)
+    writes.insert(table, rows)
+    writes.send()
 
 
 def update_rows(
@@ -82,34 +147,103 @@ def update_rows(
     assign: Sequence[str] = (),
     unless_null: Sequence[str] = (),
 ) -> None:
-    """For each row (one per key), update the table row found by `keys`: add the row's value to
-    the `add` columns (`column = column + value`), set the `assign` columns, and set the
-    `unless_null` columns when the row's value is not null."""
-    if not rows:
-        return
-    if connection.dialect.name != "postgresql":
-        sets = [f"{name} = {name} + :{name}" for name in add]
-        sets += [f"{name} = :{name}" for name in assign]
-        sets += [f"{name} = COALESCE(:{name}, {name})" for name in unless_null]
-        where = " AND ".join(f"{name} = :{name}" for name in keys)
-        # Values go through their column types (kept figures are text on SQLite).
-        typed = [bindparam(name, type_=table.c[name].type) for name in (*keys, *add, *assign)]
-        sqlite_update = text(f"UPDATE {table.name} SET {', '.join(sets)} WHERE {where}")  # noqa: S608
-        connection.execute(sqlite_update.bindparams(*typed), list(rows))
-        return
-    columns = [*keys, *add, *assign, *unless_null]
-    types = [_pg_array_type(table.c[name].type, connection.dialect) for name in columns]
-    arrays = {f"a{i}": [row[name] for row in rows] for i, name in enumerate(columns)}
-    unnest = ", ".join(f"CAST(:a{i} AS {types[i]})" for i in range(len(columns)))
-    sets = [f"{name} = t.{name} + v.{name}" for name in add]
-    sets += [f"{name} = v.{name}" for name in assign]
-    sets += [f"{name} = COALESCE(v.{name}, t.{name})" for name in unless_null]
-    where = " AND ".join(f"t.{name} = v.{name}" for name in keys)
-    statement = (
-        f"UPDATE {table.name} AS t SET {', '.join(sets)} "  # noqa: S608 (names from our models)
-        f"FROM unnest({unnest}) AS v({', '.join(columns)}) WHERE {where}"
+    """`Writes.update` now."""
+    writes = Writes(connection)
+    writes.update(table, rows, keys=keys, add=add, assign=assign, unless_null=unless_null)
+    writes.send()
+
+
+class Reads:
+    """SELECTs collected for one round trip, like `Writes`: `add` returns the list that holds a
+    statement's rows once `send()` has run. PostgreSQL gets every statement at once (pipeline
+    mode; the server still runs them in order, so a statement sees the locks of the ones before
+    it), compiled once per statement and run by the driver; SQLite runs each at `add`.
+
+    Statements must be built once and kept (the compiled text is cached per statement object),
+    with their values as named parameters: `one_of` and `pairs_among` for lists."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.postgres = connection.dialect.name == "postgresql"
+        self._queued: list[tuple[str, dict[str, Any], list[Any]]] = []
+
+    def add(self, statement: Executable, params: Mapping[str, Any]) -> list[Any]:
+        rows: list[Any] = []
+        if not self.postgres:
+            rows.extend(self.connection.execute(statement, dict(params)))
+            return rows
+        sql, defaults = _compiled(statement, self.connection.dialect)
+        self._queued.append((sql, {**defaults, **params}, rows))
+        return rows
+
+    def send(self) -> None:
+        queued, self._queued = self._queued, []
+        if not queued:
+            return
+        import psycopg
+        from psycopg.rows import namedtuple_row
+
+        driver: Any = self.connection.connection.driver_connection
+        watchdog = self.connection.info.get(WATCHDOG)
+        watched = watchdog.watching(driver) if watchdog else nullcontext()
+        sql = queued[0][0]
+        try:
+            with watched:
+                cursors = []
+                with driver.pipeline():
+                    for sql, params, _ in queued:
+                        cursor = driver.cursor(row_factory=namedtuple_row)
+                        cursor.execute(sql, params)
+                        cursors.append(cursor)
+                for cursor, (_, _, rows) in zip(cursors, queued, strict=True):
+                    rows.extend(cursor.fetchall())
+                    cursor.close()
+        except psycopg.Error as error:  # seen by callers like any other statement's failure
+            raise DBAPIError.instance(sql, None, error, psycopg.Error) from error
+
+
+_COMPILED: dict[int, tuple[Executable, str, dict[str, Any]]] = {}
+
+
+def _compiled(statement: Executable, dialect: Any) -> tuple[str, dict[str, Any]]:
+    """The driver's SQL for `statement` and its parameters' default values (compiled once)."""
+    found = _COMPILED.get(id(statement))
+    if found is None or found[0] is not statement:
+        compiled = cast(ClauseElement, statement).compile(dialect=dialect)
+        found = (statement, compiled.string, dict(compiled.params))
+        _COMPILED[id(statement)] = found
+    return found[1], found[2]
+
+
+def one_of(column: Any, name: str, dialect_name: str) -> Any:
+    """`column IN :name` for a list parameter `name`: on PostgreSQL `column = ANY(:name)`, one
+    array parameter however many values (and one statement text for every length)."""
+    if dialect_name == "postgresql":
+        return column == any_(bindparam(name, type_=ARRAY(column.type)))
+    return column.in_(bindparam(name, expanding=True))
+
+
+def pairs_among(table: Table, columns: tuple[str, str], dialect_name: str) -> Executable:
+    """The rows of `table` in community `:community` whose `columns` equal one of the pairs
+    given by `pair_params`."""
+    first, second = columns
+    if dialect_name == "postgresql":
+        return text(
+            f"SELECT t.* FROM {table.name} AS t "  # noqa: S608 (names from our models)
+            "JOIN unnest(CAST(:firsts AS text[]), CAST(:seconds AS text[])) AS v(x, y) "
+            f"ON t.{first} = v.x AND t.{second} = v.y WHERE t.community_id = :community"
+        )
+    return select(table).where(
+        table.c.community_id == bindparam("community"),
+        tuple_(table.c[first], table.c[second]).in_(bindparam("pairs", expanding=True)),
     )
-    connection.execute(text(statement), arrays)
+
+
+def pair_params(pairs: Sequence[tuple[str, str]], dialect_name: str) -> dict[str, Any]:
+    """The parameters of `pairs_among` for `pairs`."""
+    if dialect_name == "postgresql":
+        return {"firsts": [a for a, _ in pairs], "seconds": [b for _, b in pairs]}
+    return {"pairs": list(pairs)}
 
 
 def among(column: Any, values: Sequence[Any], dialect_name: str) -> Any:

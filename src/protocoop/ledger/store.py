@@ -11,14 +11,17 @@ computed). Kept figures (`Figure`) are written whole, never added in SQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Table, select, tuple_, union_all, update
+from sqlalchemy import Table, bindparam, select, union_all
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import Executable
 
-from protocoop.db.bulk import among, insert_rows, rows_matching_pairs, update_rows
+from protocoop.db.bulk import Reads, Writes, among, one_of, pair_params, pairs_among
 from protocoop.db.heads import lock_head
 from protocoop.db.models import (
     Account,
@@ -63,6 +66,60 @@ _pending = cast(Table, PendingExchange.__table__)
 _records = cast(Table, IdempotencyRecord.__table__)
 
 
+@dataclass(frozen=True)
+class _Queries:
+    """The posting path's reads, built once per dialect with named parameters (`Reads` sends
+    them together)."""
+
+    live_keys: Executable
+    answers: Executable
+    accounts: Executable
+    members: Executable
+    pairs: Executable
+    external_ids: Executable
+
+
+@cache
+def _queries(dialect: str) -> _Queries:
+    community: Any = bindparam("community")
+    return _Queries(
+        live_keys=select(_api_keys.c.id).where(
+            one_of(_api_keys.c.id, "ids", dialect), _api_keys.c.revoked_at.is_(None)
+        ),
+        answers=pairs_among(_records, ("api_key_id", "key"), dialect),
+        accounts=select(
+            _accounts.c.id,
+            _accounts.c.kind,
+            _accounts.c.balance,
+            _accounts.c.lower_limit,
+            _accounts.c.upper_limit,
+            _accounts.c.reserved_debit,
+            _accounts.c.reserved_credit,
+            _accounts.c.given,
+            _accounts.c.received,
+            _accounts.c.exchange_count,
+            _accounts.c.partner_count,
+        )
+        .where(_accounts.c.community_id == community, one_of(_accounts.c.id, "ids", dialect))
+        .order_by(_accounts.c.id)
+        .with_for_update(),
+        # Sent after `accounts`, so read under its locks (a status change holds them too).
+        members=select(_members.c.id, _members.c.status).where(
+            _members.c.community_id == community, one_of(_members.c.id, "ids", dialect)
+        ),
+        pairs=pairs_among(_pairs, ("a", "b"), dialect),
+        external_ids=union_all(
+            *(
+                select(table.c.external_id, table.c.id).where(
+                    table.c.community_id == community,
+                    one_of(table.c.external_id, "external_ids", dialect),
+                )
+                for table in (_exchanges, _pending)
+            )
+        ),
+    )
+
+
 class LedgerStore:
     """One community's rows inside one write transaction."""
 
@@ -71,6 +128,7 @@ class LedgerStore:
         self.connection = session.connection()
         self.community_id = community_id
         self.dialect = self.connection.dialect.name
+        self._queries = _queries(self.dialect)
         self._head: Any = None
 
     # --- loading -------------------------------------------------------------------------------
@@ -95,29 +153,24 @@ class LedgerStore:
             raise NotFound(f"Community {self.community_id!r} not found.")
         self._head = head
 
-    def live_keys(self, key_ids: Iterable[str]) -> set[str]:
-        """Those of `key_ids` that are not revoked (checked inside the writing transaction)."""
-        return set(
-            self.connection.scalars(
-                select(_api_keys.c.id).where(
-                    _api_keys.c.id.in_(set(key_ids)), _api_keys.c.revoked_at.is_(None)
-                )
+    def check(
+        self, key_ids: Iterable[str], keyed: Sequence[tuple[str, str]]
+    ) -> tuple[set[str], dict[tuple[str, str], Any]]:
+        """Which of `key_ids` are not revoked (checked inside the writing transaction), and the
+        community's idempotency records for the (api_key_id, key) pairs `keyed`; one round
+        trip."""
+        reads = Reads(self.connection)
+        live = reads.add(self._queries.live_keys, {"ids": list(set(key_ids))})
+        records = (
+            reads.add(
+                self._queries.answers,
+                {"community": self.community_id, **pair_params(keyed, self.dialect)},
             )
+            if keyed
+            else []
         )
-
-    def stored_answers(self, keyed: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
-        """The idempotency records of the community for (api_key_id, key) pairs."""
-        if not keyed:
-            return {}
-        return {
-            (row.api_key_id, row.key): row
-            for row in self.connection.execute(
-                select(_records).where(
-                    _records.c.community_id == self.community_id,
-                    tuple_(_records.c.api_key_id, _records.c.key).in_(list(keyed)),
-                )
-            )
-        }
+        reads.send()
+        return {row.id for row in live}, {(row.api_key_id, row.key): row for row in records}
 
     def load(self, requests: Sequence[Request], now: datetime) -> LockedState:
         """Lock and read everything `requests` touch (after `lock_head`)."""
@@ -160,7 +213,15 @@ class LedgerStore:
         for row in pending.values():
             parties.update((row.provider, row.receiver, *(a for a, _ in row.postings)))
             pairs.add(pair_of(row.provider, row.receiver))
-        accounts = self._accounts(parties)
+        # Accounts (locked), their members, pair flows and external ids: one round trip.
+        reads = Reads(self.connection)
+        read_accounts = self._read_accounts(reads, parties)
+        read_pairs = self._read_pair_flows(reads, pairs)
+        read_external_ids = self._read_external_ids(
+            reads, [d.external_id for d in drafts if d.external_id]
+        )
+        reads.send()
+        accounts = read_accounts()
         # Reservations of these accounts whose time is up are released first.
         expiring = any(isinstance(r, Expire) for r in requests)  # those release their own
         reserving = sorted(
@@ -203,70 +264,55 @@ class LedgerStore:
                 counted_exchanges=head.counted_exchanges,
             ),
             accounts=accounts,
-            pairs=self._pair_flows(pairs),
+            pairs=read_pairs(),
             pending=pending,
             due=due_ids,
             completed=completed,
             originals=originals,
-            external_ids=self._external_ids([d.external_id for d in drafts if d.external_id]),
+            external_ids=read_external_ids(),
         )
 
     def _accounts(self, ids: Iterable[str]) -> dict[str, AccountState]:
-        """Lock and read accounts in id order, then their members' statuses (read under the
-        account locks: a status change holds the account lock too)."""
+        """Lock and read accounts in id order, with their members' statuses."""
+        reads = Reads(self.connection)
+        read = self._read_accounts(reads, ids)
+        reads.send()
+        return read()
+
+    def _read_accounts(
+        self, reads: Reads, ids: Iterable[str]
+    ) -> Callable[[], dict[str, AccountState]]:
+        """Add to `reads` the lock and read of accounts `ids` in id order, then their members'
+        statuses (read under the account locks: a status change holds the account lock too);
+        returns how to build their states once `reads` is sent."""
         wanted = sorted(set(ids))
         if not wanted:
-            return {}
-        rows = self.connection.execute(
-            select(
-                _accounts.c.id,
-                _accounts.c.kind,
-                _accounts.c.balance,
-                _accounts.c.lower_limit,
-                _accounts.c.upper_limit,
-                _accounts.c.reserved_debit,
-                _accounts.c.reserved_credit,
-                _accounts.c.given,
-                _accounts.c.received,
-                _accounts.c.exchange_count,
-                _accounts.c.partner_count,
-            )
-            .where(
-                _accounts.c.community_id == self.community_id,
-                among(_accounts.c.id, wanted, self.dialect),
-            )
-            .order_by(_accounts.c.id)
-            .with_for_update()
-        ).all()
-        members = [row.id for row in rows if row.kind == "member"]
-        statuses: dict[str, str] = {}
-        if members:
-            statuses = {
-                row.id: row.status
-                for row in self.connection.execute(
-                    select(_members.c.id, _members.c.status).where(
-                        _members.c.community_id == self.community_id,
-                        among(_members.c.id, members, self.dialect),
-                    )
+            return dict
+        params = {"community": self.community_id, "ids": wanted}
+        rows = reads.add(self._queries.accounts, params)
+        members = reads.add(self._queries.members, params)
+
+        def states() -> dict[str, AccountState]:
+            statuses = {row.id: row.status for row in members}
+            return {
+                row.id: AccountState(
+                    id=row.id,
+                    kind=row.kind,
+                    status=statuses.get(row.id) if row.kind == "member" else None,
+                    lower_limit=row.lower_limit,
+                    upper_limit=row.upper_limit,
+                    balance=row.balance,
+                    reserved_debit=row.reserved_debit,
+                    reserved_credit=row.reserved_credit,
+                    given=int(row.given),
+                    received=int(row.received),
+                    exchange_count=row.exchange_count,
+                    partner_count=row.partner_count,
                 )
+                for row in rows
             }
-        return {
-            row.id: AccountState(
-                id=row.id,
-                kind=row.kind,
-                status=statuses.get(row.id) if row.kind == "member" else None,
-                lower_limit=row.lower_limit,
-                upper_limit=row.upper_limit,
-                balance=row.balance,
-                reserved_debit=row.reserved_debit,
-                reserved_credit=row.reserved_credit,
-                given=int(row.given),
-                received=int(row.received),
-                exchange_count=row.exchange_count,
-                partner_count=row.partner_count,
-            )
-            for row in rows
-        }
+
+        return states
 
     def _pending(self, condition: Any) -> dict[str, PendingState]:
         rows = self.connection.execute(
@@ -333,36 +379,37 @@ class LedgerStore:
             for row in rows
         }
 
-    def _pair_flows(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], PairState]:
+    def _read_pair_flows(
+        self, reads: Reads, pairs: set[tuple[str, str]]
+    ) -> Callable[[], dict[tuple[str, str], PairState]]:
         if not pairs:
-            return {}
-        return {
+            return dict
+        rows = reads.add(
+            self._queries.pairs,
+            {"community": self.community_id, **pair_params(sorted(pairs), self.dialect)},
+        )
+        return lambda: {
             (row.a, row.b): PairState(
-                # int(): on PostgreSQL the raw query reads NUMERIC figures as Decimal
+                # int(): PostgreSQL reads NUMERIC figures as Decimal
                 row.a,
                 row.b,
                 int(row.a_to_b),
                 int(row.b_to_a),
                 int(row.exchanges),
             )
-            for row in rows_matching_pairs(
-                self.connection, _pairs, self.community_id, ("a", "b"), sorted(pairs)
-            )
+            for row in rows
         }
 
-    def _external_ids(self, external_ids: list[str]) -> dict[str, str]:
+    def _read_external_ids(
+        self, reads: Reads, external_ids: list[str]
+    ) -> Callable[[], dict[str, str]]:
         if not external_ids:
-            return {}
-        query = union_all(
-            *(
-                select(table.c.external_id, table.c.id).where(
-                    table.c.community_id == self.community_id,
-                    table.c.external_id.in_(external_ids),
-                )
-                for table in (_exchanges, _pending)
-            )
+            return dict
+        rows = reads.add(
+            self._queries.external_ids,
+            {"community": self.community_id, "external_ids": external_ids},
         )
-        return {str(e): str(i) for e, i in self.connection.execute(query)}
+        return lambda: {str(e): str(i) for e, i in rows}
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -374,13 +421,13 @@ class LedgerStore:
         *,
         now: datetime,
     ) -> None:
-        """Write the group's plan (and idempotency records); the caller commits."""
-        connection = self.connection
-        insert_rows(connection, _exchanges, writes.exchanges)
-        insert_rows(connection, _entries, writes.entries)
-        insert_rows(connection, _pending, writes.new_pending)
-        update_rows(
-            connection,
+        """Write the group's plan (and idempotency records); the caller commits. On PostgreSQL
+        all of it goes to the server in one round trip."""
+        out = Writes(self.connection)
+        out.insert(_exchanges, writes.exchanges)
+        out.insert(_entries, writes.entries)
+        out.insert(_pending, writes.new_pending)
+        out.update(
             _pending,
             [
                 {
@@ -394,8 +441,7 @@ class LedgerStore:
             keys=("community_id", "id"),
             assign=("status", "resolved_at"),
         )
-        update_rows(
-            connection,
+        out.update(
             _accounts,
             [
                 {
@@ -439,9 +485,8 @@ class LedgerStore:
             )
             for pair in writes.pairs
         ]
-        insert_rows(connection, _pairs, [row for stored, row in pair_rows if not stored])
-        update_rows(
-            connection,
+        out.insert(_pairs, [row for stored, row in pair_rows if not stored])
+        out.update(
             _pairs,
             [row for stored, row in pair_rows if stored],
             keys=("community_id", "a", "b"),
@@ -449,8 +494,7 @@ class LedgerStore:
         )
         if writes.head is not None:
             first_event = writes.head.last_event_id - len(writes.events)
-            insert_rows(
-                connection,
+            out.insert(
                 _events,
                 [
                     {
@@ -466,19 +510,31 @@ class LedgerStore:
                 ],
             )
             head = writes.head
-            connection.execute(
-                update(_heads)
-                .where(_heads.c.community_id == self.community_id)
-                .values(
-                    last_seq=head.last_seq,
-                    last_hash=head.last_hash,
-                    last_created_at=head.last_created_at,
-                    last_event_id=head.last_event_id,
-                    counted_volume=head.counted_volume,
-                    counted_exchanges=head.counted_exchanges,
-                )
+            out.update(
+                _heads,
+                [
+                    {
+                        "community_id": self.community_id,
+                        "last_seq": head.last_seq,
+                        "last_hash": head.last_hash,
+                        "last_created_at": head.last_created_at,
+                        "last_event_id": head.last_event_id,
+                        "counted_volume": head.counted_volume,
+                        "counted_exchanges": head.counted_exchanges,
+                    }
+                ],
+                keys=("community_id",),
+                assign=(
+                    "last_seq",
+                    "last_hash",
+                    "last_created_at",
+                    "last_event_id",
+                    "counted_volume",
+                    "counted_exchanges",
+                ),
             )
-        insert_rows(connection, _records, remembered)
+        out.insert(_records, remembered)
+        out.send()
 
 
 def _pending_state(row: Any) -> PendingState:

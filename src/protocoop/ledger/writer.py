@@ -268,9 +268,9 @@ def record_group(
     store.lock_head()
     if gather is not None:
         requests.extend(gather())
-    live_keys = store.live_keys(r.key_id for r in requests)
-    stored = store.stored_answers(
-        [(r.idempotency.api_key_id, r.idempotency.key) for r in requests if r.idempotency]
+    live_keys, stored = store.check(
+        (r.key_id for r in requests),
+        [(r.idempotency.api_key_id, r.idempotency.key) for r in requests if r.idempotency],
     )
     answers: list[Rendered | None] = []
     planned: list[int] = []

@@ -338,7 +338,7 @@ def record_intertrade(
     if session.get(Community, provider_community) is None:
         raise missing
     stores = lock_communities(session, (provider_community, receiver_community))
-    if by.key_id not in stores[receiver_community].live_keys([by.key_id]):
+    if by.key_id not in stores[receiver_community].check([by.key_id], [])[0]:
         raise Unauthorized("Unknown or revoked API key.")
     link = _link_between(session, provider_community, receiver_community)
     if link is None or link.status == "closed":
@@ -465,7 +465,7 @@ def reverse_intertrade(
     provider_community = original.provider.community
     receiver_community = original.receiver.community
     stores = lock_communities(session, (provider_community, receiver_community))
-    if by.key_id not in stores[community_id].live_keys([by.key_id]):
+    if by.key_id not in stores[community_id].check([by.key_id], [])[0]:
         raise Unauthorized("Unknown or revoked API key.")
     already = session.execute(
         select(_intertrades.c.id).where(_intertrades.c.reverses == intertrade_id)
