@@ -3,10 +3,11 @@
 It reads and writes rows and nothing else; `ledger.planner` decides. Locks are taken in one
 order everywhere: the community's ledger head first (it assigns `seq`, extends the hash chain and
 numbers events, so it serializes every change to a community's ledger), then the accounts in id
-order. Everything is read in batches, one statement per table for the whole group, with SQLAlchemy
-Core (no ORM on this path), and written the same way: one statement per table, one guarded UPDATE
-for the accounts (the CHECK constraints refuse any balance outside its limits, whatever Python
-computed). Kept figures (`Figure`) are written whole, never added in SQL.
+order. Everything is read in batches, one statement per table for the whole group (SQLAlchemy
+Core statements built once, no ORM), and written the same way: one statement per table, one
+guarded UPDATE for the accounts (the CHECK constraints refuse any balance outside its limits,
+whatever Python computed). On PostgreSQL each phase's statements share one round trip
+(`db.bulk.Reads` and `Writes`). Kept figures (`Figure`) are written whole, never added in SQL.
 """
 
 from __future__ import annotations

@@ -1,0 +1,107 @@
+"""The posting path's batched reads and writes (`db.bulk`), on both databases: what a batch
+writes is all or nothing, figures beyond 64 bits come back exact, and statements sent together
+read what the ones before them did."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import Table, select
+from sqlalchemy.exc import IntegrityError
+
+from protocoop.clock import utc_now
+from protocoop.db import Database
+from protocoop.db.bulk import Reads, Writes, one_of
+from protocoop.db.models import Account, Event
+
+_accounts = cast(Table, Account.__table__)
+_events = cast(Table, Event.__table__)
+_BALANCES = select(_accounts.c.id, _accounts.c.given).where(
+    one_of(_accounts.c.id, "ids", "postgresql")
+)
+"""A read built once, the way the store builds its reads (here for PostgreSQL only)."""
+
+
+def _event(number: int) -> dict[str, Any]:
+    return {
+        "community_id": "riverside",
+        "id": number,
+        "type": "test.event",
+        "created_at": utc_now(),
+        "data": {"n": number},
+    }
+
+
+def test_a_batch_whose_later_statement_fails_writes_nothing(
+    db: Database, community: dict[str, Any]
+) -> None:
+    def write(session: Any) -> None:
+        writes = Writes(session.connection())
+        writes.insert(_events, [_event(9_000)])
+        writes.insert(_events, [_event(9_000)])  # the same id again: refused by the key
+        writes.send()
+
+    with pytest.raises(IntegrityError):
+        db.run_write(write)
+    found = db.run_read(
+        lambda session: session.execute(select(_events.c.id).where(_events.c.id == 9_000)).all()
+    )
+    assert found == []
+
+
+def test_a_figure_beyond_64_bits_is_written_and_read_back_exactly(
+    db: Database, community: dict[str, Any]
+) -> None:
+    huge = 2**70 + 3
+
+    def write(session: Any) -> None:
+        writes = Writes(session.connection())
+        writes.update(
+            _accounts,
+            [{"community_id": "riverside", "id": "alice", "given": huge}],
+            keys=("community_id", "id"),
+            assign=("given",),
+        )
+        writes.send()
+
+    db.run_write(write)
+    given = db.run_read(
+        lambda session: session.execute(
+            select(_accounts.c.given).where(
+                _accounts.c.community_id == "riverside", _accounts.c.id == "alice"
+            )
+        ).scalar_one()
+    )
+    assert given == huge
+
+
+def test_reads_sent_together_see_the_writes_before_them(
+    db: Database, community: dict[str, Any]
+) -> None:
+    if not db.is_sqlite:
+        statement: Any = _BALANCES
+    else:
+        statement = select(_accounts.c.id, _accounts.c.given).where(
+            one_of(_accounts.c.id, "ids", "sqlite")
+        )
+
+    def work(session: Any) -> list[Any]:
+        writes = Writes(session.connection())
+        writes.update(
+            _accounts,
+            [
+                {"community_id": "riverside", "id": "alice", "given": 7},
+                {"community_id": "riverside", "id": "bob", "given": 11},
+            ],
+            keys=("community_id", "id"),
+            assign=("given",),
+        )
+        writes.send()
+        reads = Reads(session.connection())
+        rows = reads.add(statement, {"ids": ["alice", "bob", "nobody"]})
+        again = reads.add(statement, {"ids": ["carol"]})
+        reads.send()
+        return sorted((row.id, int(row.given)) for row in [*rows, *again])
+
+    assert db.run_write(work) == [("alice", 7), ("bob", 11), ("carol", 0)]
