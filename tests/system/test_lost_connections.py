@@ -98,7 +98,11 @@ class SessionKiller:
 
     def _statement(self, connection: Connection, _cursor: Any, statement: str, *_: Any) -> None:
         connection.info["statements"] = connection.info.get("statements", 0) + 1
-        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+        # A write transaction asks for its id just before COMMIT (to resolve a COMMIT whose
+        # connection is lost); the writes themselves may go to the driver without SQLAlchemy.
+        if "pg_current_xact_id" in statement or statement.lstrip().upper().startswith(
+            ("INSERT", "UPDATE", "DELETE")
+        ):
             connection.info["wrote"] = True
         self._maybe_kill(connection, connection.info["statements"])
 
