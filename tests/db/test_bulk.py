@@ -17,10 +17,6 @@ from protocoop.db.models import Account, Event
 
 _accounts = cast(Table, Account.__table__)
 _events = cast(Table, Event.__table__)
-_BALANCES = select(_accounts.c.id, _accounts.c.given).where(
-    one_of(_accounts.c.id, "ids", "postgresql")
-)
-"""A read built once, the way the store builds its reads (here for PostgreSQL only)."""
 
 
 def _event(number: int) -> dict[str, Any]:
@@ -79,12 +75,10 @@ def test_a_figure_beyond_64_bits_is_written_and_read_back_exactly(
 def test_reads_sent_together_see_the_writes_before_them(
     db: Database, community: dict[str, Any]
 ) -> None:
-    if not db.is_sqlite:
-        statement: Any = _BALANCES
-    else:
-        statement = select(_accounts.c.id, _accounts.c.given).where(
-            one_of(_accounts.c.id, "ids", "sqlite")
-        )
+    dialect = "sqlite" if db.is_sqlite else "postgresql"
+    statement = select(_accounts.c.id, _accounts.c.given).where(
+        one_of(_accounts.c.id, "ids", dialect)
+    )
 
     def work(session: Any) -> list[Any]:
         writes = Writes(session.connection())

@@ -1,8 +1,8 @@
 """Writing many rows at once, in one round trip where the database allows it.
 
 The posting path writes a whole batch of exchanges, entries and account changes per transaction.
-On PostgreSQL, one `INSERT ... SELECT FROM unnest(arrays)` or `UPDATE ... FROM unnest(arrays)`
-carries all rows of a table in a single statement (a row-by-row `executemany` would pay a
+On PostgreSQL, one `INSERT ... SELECT` or `UPDATE ... FROM json_to_recordset(rows)` carries all
+rows of a table in a single statement (a row-by-row `executemany` would pay a
 statement per row), and `Writes` sends every table's statement in one round trip; on SQLite,
 `executemany` is already a loop inside the database library, so it is used as is. Either way
 the same constraints, foreign keys and triggers apply to every row.
@@ -30,8 +30,9 @@ class Writes:
     order, in psycopg's pipeline mode (the server runs them one after another as usual, and the
     first failure fails the transaction); SQLite runs them one by one, each an `executemany`.
 
-    On PostgreSQL each table's rows travel as arrays in one `INSERT ... SELECT FROM unnest(...)`
-    or `UPDATE ... FROM unnest(...)`, so a group of any size costs one statement per table."""
+    On PostgreSQL each table's rows travel as one JSON parameter of one `INSERT ... SELECT` or
+    `UPDATE ... FROM json_to_recordset(...)`, so a group of any size costs one statement per
+    table."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -107,20 +108,7 @@ class Writes:
     def send(self) -> None:
         """Run what was collected (on SQLite it already ran)."""
         statements, self._statements = self._statements, []
-        if not statements:
-            return
-        import psycopg
-
-        driver: Any = self.connection.connection.driver_connection
-        watchdog = self.connection.info.get(WATCHDOG)  # SQLAlchemy does not see these: watch here
-        watched = watchdog.watching(driver) if watchdog else nullcontext()
-        sql = statements[0][0]
-        try:
-            with watched, driver.pipeline(), driver.cursor() as cursor:
-                for sql, params in statements:
-                    cursor.execute(sql, params)
-        except psycopg.Error as error:  # seen by callers like any other statement's failure
-            raise DBAPIError.instance(sql, None, error, psycopg.Error) from error
+        _pipelined(self.connection, statements)
 
 
 def _json(value: Any) -> str:
@@ -178,28 +166,40 @@ class Reads:
 
     def send(self) -> None:
         queued, self._queued = self._queued, []
-        if not queued:
-            return
-        import psycopg
-        from psycopg.rows import namedtuple_row
+        results = _pipelined(self.connection, [(sql, params) for sql, params, _ in queued])
+        for (_, _, rows), found in zip(queued, results, strict=True):
+            rows.extend(found)
 
-        driver: Any = self.connection.connection.driver_connection
-        watchdog = self.connection.info.get(WATCHDOG)
-        watched = watchdog.watching(driver) if watchdog else nullcontext()
-        sql = queued[0][0]
-        try:
-            with watched:
-                cursors = []
-                with driver.pipeline():
-                    for sql, params, _ in queued:
-                        cursor = driver.cursor(row_factory=namedtuple_row)
-                        cursor.execute(sql, params)
-                        cursors.append(cursor)
-                for cursor, (_, _, rows) in zip(cursors, queued, strict=True):
-                    rows.extend(cursor.fetchall())
-                    cursor.close()
-        except psycopg.Error as error:  # seen by callers like any other statement's failure
-            raise DBAPIError.instance(sql, None, error, psycopg.Error) from error
+
+def _pipelined(connection: Connection, statements: Sequence[tuple[str, Any]]) -> list[list[Any]]:
+    """Run `statements` (driver SQL, parameters) on PostgreSQL in one round trip (pipeline
+    mode), watched by the connection's watchdog (SQLAlchemy does not see them); each one's rows
+    (empty for statements that return none). A driver error is raised as SQLAlchemy's, like any
+    other statement's."""
+    if not statements:
+        return []
+    import psycopg
+    from psycopg.rows import namedtuple_row
+
+    driver: Any = connection.connection.driver_connection
+    watchdog = connection.info.get(WATCHDOG)
+    watched = watchdog.watching(driver) if watchdog else nullcontext()
+    sql = statements[0][0]
+    try:
+        with watched:
+            cursors = []
+            with driver.pipeline():
+                for sql, params in statements:
+                    cursor = driver.cursor(row_factory=namedtuple_row)
+                    cursor.execute(sql, params)
+                    cursors.append(cursor)
+            results = []
+            for cursor in cursors:
+                results.append(cursor.fetchall() if cursor.description is not None else [])
+                cursor.close()
+            return results
+    except psycopg.Error as error:
+        raise DBAPIError.instance(sql, None, error, psycopg.Error) from error
 
 
 _COMPILED: dict[int, tuple[Executable, str, dict[str, Any]]] = {}
@@ -261,29 +261,11 @@ def rows_matching_pairs(
     columns: tuple[str, str],
     pairs: Sequence[tuple[str, str]],
 ) -> list[Any]:
-    """The community's rows of `table` whose `columns` equal one of `pairs`."""
-    first, second = columns
-    if connection.dialect.name == "postgresql":
-        statement = (
-            f"SELECT t.* FROM {table.name} AS t "  # noqa: S608 (names from our models)
-            f"JOIN unnest(CAST(:firsts AS text[]), CAST(:seconds AS text[])) AS v(x, y) "
-            f"ON t.{first} = v.x AND t.{second} = v.y WHERE t.community_id = :community"
-        )
-        return list(
-            connection.execute(
-                text(statement),
-                {
-                    "firsts": [pair[0] for pair in pairs],
-                    "seconds": [pair[1] for pair in pairs],
-                    "community": community_id,
-                },
-            )
-        )
+    """The community's rows of `table` whose `columns` equal one of `pairs`, read now."""
+    dialect = connection.dialect.name
     return list(
         connection.execute(
-            select(table).where(
-                table.c.community_id == community_id,
-                tuple_(table.c[first], table.c[second]).in_(list(pairs)),
-            )
+            pairs_among(table, columns, dialect),
+            {"community": community_id, **pair_params(pairs, dialect)},
         )
     )
