@@ -94,21 +94,24 @@ class SessionKiller:
 
     def _begin(self, connection: Connection) -> None:
         connection.info["statements"] = 0
-        connection.info["wrote"] = False
 
-    def _statement(self, connection: Connection, _cursor: Any, statement: str, *_: Any) -> None:
+    def _statement(self, connection: Connection, *_: Any) -> None:
         connection.info["statements"] = connection.info.get("statements", 0) + 1
-        # A write transaction asks for its id just before COMMIT (to resolve a COMMIT whose
-        # connection is lost); the writes themselves may go to the driver without SQLAlchemy.
-        if "pg_current_xact_id" in statement or statement.lstrip().upper().startswith(
-            ("INSERT", "UPDATE", "DELETE")
-        ):
-            connection.info["wrote"] = True
         self._maybe_kill(connection, connection.info["statements"])
 
     def _commit(self, connection: Connection) -> None:
-        if connection.info.get("wrote"):
+        # The server knows whether the transaction wrote (it then has a transaction id); the
+        # app's writes may reach the driver without SQLAlchemy seeing them.
+        if self.armed == "commit" and self._has_written(connection):
             self._maybe_kill(connection, "commit")
+
+    def _has_written(self, connection: Connection) -> bool:
+        pid = connection.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+        with psycopg.connect(_driver_url(self.database_url), autocommit=True) as admin:
+            row = admin.execute(
+                "SELECT backend_xid IS NOT NULL FROM pg_stat_activity WHERE pid = %s", (pid,)
+            ).fetchone()
+        return bool(row and row[0])
 
     def _maybe_kill(self, connection: Connection, moment: int | str) -> None:
         with self._lock:

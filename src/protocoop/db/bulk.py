@@ -24,6 +24,8 @@ from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from protocoop.db.watchdog import INFO_KEY as WATCHDOG
 
+_CURRENT_XID = "SELECT pg_current_xact_id()::text"
+
 
 class Writes:
     """Row writes collected for one round trip: `send()` gives them to PostgreSQL together, in
@@ -105,10 +107,17 @@ class Writes:
             _json([{n: row[n] for n in columns} for row in rows])
         ]
 
-    def send(self) -> None:
-        """Run what was collected (on SQLite it already ran)."""
+    def send(self, *, transaction_id: bool = False) -> str | None:
+        """Run what was collected (on SQLite it already ran). With `transaction_id`, PostgreSQL
+        also returns the transaction's id from the same round trip (see
+        `engine.note_transaction_id`); None on SQLite or when nothing was collected."""
         statements, self._statements = self._statements, []
-        _pipelined(self.connection, statements)
+        if not statements:
+            return None
+        if transaction_id:
+            statements.append((_CURRENT_XID, None))
+        results = _pipelined(self.connection, statements)
+        return str(results[-1][0][0]) if transaction_id else None
 
 
 def _json(value: Any) -> str:

@@ -47,8 +47,16 @@ _XACT_STATUS = text("SELECT pg_xact_status(CAST(:xid AS xid8))")
 """A write transaction notes its id before COMMIT; if the connection is lost during COMMIT, a new
 connection asks whether it took effect (PostgreSQL 13+), so the work is neither lost nor run
 twice."""
+_NOTED_XID = "protocoop.transaction_id"
 _UNDEFINED_TABLE = "42P01"
 _SQLITE_BEGIN = "protocoop_sqlite_begin"
+
+
+def note_transaction_id(session: Session, xid: str | None) -> None:
+    """Remember the id of `session`'s PostgreSQL transaction, read in a round trip the caller
+    made anyway, so that `Database.write` need not ask for it before COMMIT."""
+    if xid is not None:
+        session.info[_NOTED_XID] = xid
 
 
 def make_engine(settings: Settings, *, pooled: bool = True) -> Engine:
@@ -271,7 +279,9 @@ class Database:
                 yield session
                 session.flush()
                 if self._sqlite_writer is None:
-                    xid = session.execute(_CURRENT_XID).scalar_one()
+                    xid = session.info.pop(_NOTED_XID, None)
+                    if xid is None:
+                        xid = session.execute(_CURRENT_XID).scalar_one()
                 committing = True  # from here on, a lost connection leaves the outcome unknown
         except DBAPIError as error:
             if is_retryable(error) or isinstance(error, IntegrityError):

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import Executable
 
 from protocoop.db.bulk import Reads, Writes, among, one_of, pair_params, pairs_among
+from protocoop.db.engine import note_transaction_id
 from protocoop.db.heads import lock_head
 from protocoop.db.models import (
     Account,
@@ -535,7 +536,8 @@ class LedgerStore:
                 ),
             )
         out.insert(_records, remembered)
-        out.send()
+        # The transaction's id comes back with the writes: one round trip fewer before COMMIT.
+        note_transaction_id(self.session, out.send(transaction_id=True))
 
 
 def _pending_state(row: Any) -> PendingState:
