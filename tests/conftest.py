@@ -48,8 +48,9 @@ SERVER_FIXTURES = {"live_server", "forked_server", "private_postgres"}
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that runs a real server or cluster (all of `tests/system/`, and any test asking
-    for one) is `slow`: `make test` runs those one at a time after the rest has run in parallel,
-    because their group commits, timeouts and crash windows need the machine's cores."""
+    for one) is `slow` (`-m "not slow"` leaves them out while iterating). Those whose group
+    commits, timeouts and crash windows need the machine's cores say `pytestmark =
+    pytest.mark.exclusive`: `make test` runs them one at a time after the rest."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if item.path.parent.name == "system" or fixtures & SERVER_FIXTURES:

@@ -180,8 +180,11 @@ def _children(parent: int) -> list[int]:
 
 
 @pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
-    """A started private PostgreSQL server with an empty `protocoop` database."""
+def private_postgres(postgres_server_url: str) -> Iterator[PrivatePostgres]:
+    """A started private PostgreSQL server with an empty `protocoop` database. Its tests are
+    PostgreSQL tests: like the others, they skip unless PostgreSQL is configured (CI requires it),
+    though they run a server of their own."""
+    del postgres_server_url
     bin_dir = find_pg_bin()
     if bin_dir is None or not (bin_dir / "initdb").is_file():
         message = f"no PostgreSQL server binaries (initdb); set {PG_BIN_ENV}"

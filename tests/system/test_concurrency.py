@@ -24,6 +24,8 @@ from tests.support.live_server import (
     snapshot_violations,
 )
 
+pytestmark = pytest.mark.exclusive  # timing, crash windows and group sizes need the cores
+
 COMMUNITY = "stress-coop"
 MEMBERS = [f"member-{n}" for n in range(10)]
 LOWER, UPPER = -20, 20

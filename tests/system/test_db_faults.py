@@ -44,6 +44,8 @@ from tests.support.faults import (
 from tests.support.live_server import ExchangeLoad, Timing, create_tight_community
 from tests.support.private_postgres import PrivatePostgres
 
+pytestmark = pytest.mark.exclusive  # timing, crash windows and group sizes need the cores
+
 COMMUNITY = "fault-coop"
 MEMBERS = [f"member-{n}" for n in range(10)]
 LOWER, UPPER = -40, 40

@@ -6,7 +6,7 @@ Idempotency-Key still answers the same bytes, and nothing else was recorded.
 Each start is `protocoop serve --workers 1` forked from a process that imported protocoop once
 (`ForkedServer`), so a round costs the app's startup rather than an interpreter's imports; each
 server is still a process of its own that nothing survives but the database.
-`PROTOCOOP_TEST_DURABILITY_ROUNDS` changes how many rounds run (default 20).
+`PROTOCOOP_TEST_DURABILITY_ROUNDS` changes how many rounds run (default 10).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ import pytest
 from tests.support.faults import forked_serving
 from tests.support.live_server import create_tight_community, read_json, read_ledger
 
-ROUNDS = int(os.environ.get("PROTOCOOP_TEST_DURABILITY_ROUNDS", "20"))
+pytestmark = pytest.mark.exclusive  # timing, crash windows and group sizes need the cores
+
+ROUNDS = int(os.environ.get("PROTOCOOP_TEST_DURABILITY_ROUNDS", "10"))
 COMMUNITY = "durable-coop"
 MEMBERS = ["ana", "ben", "chloe", "dev"]
 

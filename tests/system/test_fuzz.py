@@ -10,7 +10,7 @@ method a path does not have gets 405 with `Allow`. Afterwards every community's 
 
 Each role's pass is one run of the `schemathesis` command (whose report is the failure message),
 with tests/support/fuzz_hooks.py. The short pass CI runs: examples, coverage (admin only) and
-fuzzing phases, `PROTOCOOP_FUZZ_EXAMPLES` (default 20) generated requests per operation. `make fuzz`
+fuzzing phases, `PROTOCOOP_FUZZ_EXAMPLES` (default 10) generated requests per operation. `make fuzz`
 (`PROTOCOOP_FUZZ=long`) runs a long pass: coverage for every role, the stateful phase, 300 examples.
 `PROTOCOOP_FUZZ_SEED` replays a run (schemathesis prints its seed).
 """
@@ -40,7 +40,7 @@ from tests.support.live_server import _SERVERS, LiveServer, protocoop_command, s
 pytestmark = [pytest.mark.slow, pytest.mark.fuzz]
 
 LONG = os.environ.get("PROTOCOOP_FUZZ", "") == "long"
-EXAMPLES = int(os.environ.get("PROTOCOOP_FUZZ_EXAMPLES", "300" if LONG else "20"))
+EXAMPLES = int(os.environ.get("PROTOCOOP_FUZZ_EXAMPLES", "300" if LONG else "10"))
 SEED = os.environ.get("PROTOCOOP_FUZZ_SEED")
 RUN_TIMEOUT_S = 4 * 3600 if LONG else 900
 HOOKS = Path(__file__).resolve().parents[1] / "support" / "fuzz_hooks.py"

@@ -25,6 +25,8 @@ from protocoop.db import Database, migrate
 from tests.support.api import make_key
 from tests.support.live_server import _SERVERS, LiveServer
 
+pytestmark = pytest.mark.exclusive  # timing, crash windows and group sizes need the cores
+
 MAX_HEADER_BYTES = 8192
 MAX_HEADERS = 30
 HEADER_TIMEOUT_S = 1

@@ -34,6 +34,8 @@ from tests.support.live_server import (
     read_ledger,
 )
 
+pytestmark = pytest.mark.exclusive  # timing, crash windows and group sizes need the cores
+
 WEST, EAST = "west-coop", "east-coop"
 MEMBERS = [f"member-{n}" for n in range(6)]
 LOWER, UPPER = -60, 60

@@ -33,6 +33,8 @@ from tests.support.live_server import (
 )
 from tests.support.matching import answer_mismatches, replay_bodies
 
+pytestmark = pytest.mark.exclusive  # timing, crash windows and group sizes need the cores
+
 COMMUNITIES = ["keyed-coop-a", "keyed-coop-b"]
 MEMBERS = [f"member-{n}" for n in range(10)]
 LOWER, UPPER = -20, 20

@@ -34,6 +34,8 @@ from tests.support.api import make_key
 from tests.support.faults import check_ledger_matches_load, serving
 from tests.support.live_server import ExchangeLoad, create_tight_community
 
+pytestmark = pytest.mark.exclusive  # timing, crash windows and group sizes need the cores
+
 postgres_only = pytest.mark.parametrize("backend", ["postgresql"])
 
 

@@ -47,6 +47,8 @@ from tests.support.matching import (
     replay_bodies,
 )
 
+pytestmark = pytest.mark.exclusive  # timing, crash windows and group sizes need the cores
+
 LANES = 4
 MEMBERS = [f"m{n}" for n in range(5)]
 LOWER, UPPER = -12, 12

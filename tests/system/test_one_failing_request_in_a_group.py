@@ -46,6 +46,8 @@ from tests.support.matching import (
     replay_bodies,
 )
 
+pytestmark = pytest.mark.exclusive  # timing, crash windows and group sizes need the cores
+
 COMMUNITY = "fault-coop"
 MEMBERS = [f"member-{n}" for n in range(8)]
 PER_ROUND = 16

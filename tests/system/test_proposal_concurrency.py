@@ -40,6 +40,8 @@ from tests.support.live_server import (
 )
 from tests.support.workflows import expected_reservations
 
+pytestmark = pytest.mark.exclusive  # timing, crash windows and group sizes need the cores
+
 MEMBERS = ["ana", "ben", "cai", "dee"]
 LOWER, UPPER = -20, 20
 RETRY_PAUSE_S = 0.05

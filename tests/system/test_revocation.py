@@ -15,6 +15,8 @@ import pytest
 
 from tests.support.live_server import LiveServer, admin_call, protocoop_command, serving
 
+pytestmark = pytest.mark.exclusive  # timing, crash windows and group sizes need the cores
+
 COMMUNITY = "riverside"
 C = f"/v1/communities/{COMMUNITY}"
 REQUESTS = 16
