@@ -37,7 +37,8 @@ from tests.support.api import every_item
 from tests.support.databases import BACKENDS
 from tests.support.live_server import _SERVERS, LiveServer, protocoop_command, serving
 
-pytestmark = [pytest.mark.slow, pytest.mark.fuzz]
+# exclusive: the roles' passes and the audit after them share one server, in order, in one process
+pytestmark = [pytest.mark.slow, pytest.mark.fuzz, pytest.mark.exclusive]
 
 LONG = os.environ.get("PROTOCOOP_FUZZ", "") == "long"
 EXAMPLES = int(os.environ.get("PROTOCOOP_FUZZ_EXAMPLES", "300" if LONG else "10"))
