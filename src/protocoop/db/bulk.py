@@ -22,9 +22,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
+from protocoop.db.engine import CURRENT_XID_SQL
 from protocoop.db.watchdog import INFO_KEY as WATCHDOG
-
-_CURRENT_XID = "SELECT pg_current_xact_id()::text"
 
 
 class Writes:
@@ -115,7 +114,7 @@ class Writes:
         if not statements:
             return None
         if transaction_id:
-            statements.append((_CURRENT_XID, None))
+            statements.append((CURRENT_XID_SQL, None))
         results = _pipelined(self.connection, statements)
         return str(results[-1][0][0]) if transaction_id else None
 

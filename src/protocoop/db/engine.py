@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
-_CURRENT_XID = text("SELECT pg_current_xact_id()::text")
+CURRENT_XID_SQL = "SELECT pg_current_xact_id()::text"
+_CURRENT_XID = text(CURRENT_XID_SQL)
 _XACT_STATUS = text("SELECT pg_xact_status(CAST(:xid AS xid8))")
 """A write transaction notes its id before COMMIT; if the connection is lost during COMMIT, a new
 connection asks whether it took effect (PostgreSQL 13+), so the work is neither lost nor run
