@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Table, any_, bindparam, insert, select, text, tuple_
+from sqlalchemy import Table, any_, bindparam, insert, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -233,7 +233,12 @@ def one_of(column: Any, name: str, dialect_name: str) -> Any:
 
 def pairs_among(table: Table, columns: tuple[str, str], dialect_name: str) -> Executable:
     """The rows of `table` in community `:community` whose `columns` equal one of the pairs
-    given by `pair_params`."""
+    given by `pair_params`: one index lookup per pair, however large the table.
+
+    The pairs are the outer loop on both databases. On SQLite a row-value `(a, b) IN (VALUES
+    ...)` is planned as a scan of the community's rows filtered by the list, which grows with the
+    table; `CROSS JOIN` makes SQLite keep the pairs (`json_each` of one JSON parameter) on the
+    left and look each one up in the primary key."""
     first, second = columns
     if dialect_name == "postgresql":
         return text(
@@ -241,17 +246,18 @@ def pairs_among(table: Table, columns: tuple[str, str], dialect_name: str) -> Ex
             "JOIN unnest(CAST(:firsts AS text[]), CAST(:seconds AS text[])) AS v(x, y) "
             f"ON t.{first} = v.x AND t.{second} = v.y WHERE t.community_id = :community"
         )
-    return select(table).where(
-        table.c.community_id == bindparam("community"),
-        tuple_(table.c[first], table.c[second]).in_(bindparam("pairs", expanding=True)),
-    )
+    return text(
+        f"SELECT t.* FROM json_each(:pairs) AS v CROSS JOIN {table.name} AS t "  # noqa: S608
+        f"ON t.community_id = :community AND t.{first} = json_extract(v.value, '$[0]') "
+        f"AND t.{second} = json_extract(v.value, '$[1]')"
+    ).columns(*table.columns)
 
 
 def pair_params(pairs: Sequence[tuple[str, str]], dialect_name: str) -> dict[str, Any]:
     """The parameters of `pairs_among` for `pairs`."""
     if dialect_name == "postgresql":
         return {"firsts": [a for a, _ in pairs], "seconds": [b for _, b in pairs]}
-    return {"pairs": list(pairs)}
+    return {"pairs": json.dumps([list(pair) for pair in pairs])}
 
 
 def among(column: Any, values: Sequence[Any], dialect_name: str) -> Any:
