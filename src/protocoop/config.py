@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     """SQLite `PRAGMA synchronous`; FULL makes every acknowledged write survive a power cut."""
     sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
     """How long a SQLite writer waits for the write lock before answering 503."""
+    sqlite_cache_mib: int = Field(default=32, ge=1)
+    """SQLite page cache per connection (`PRAGMA cache_size`), in MiB. SQLite's own default, 2 MiB,
+    made every batch slower as the ledger grew (docs/performance.md); each pooled connection may
+    fill its cache, so memory grows to at most this times the open connections."""
     db_pool_size: int = Field(default=10, ge=1)
     db_statement_timeout_ms: int = Field(default=10_000, ge=0)
     """PostgreSQL statement timeout; 0 disables it. A request never hangs past this."""

@@ -124,6 +124,7 @@ def test_every_sqlite_connection_gets_the_ledger_pragmas(
         database_url=f"sqlite:///{tmp_path / 'p.db'}",
         sqlite_synchronous=synchronous,
         sqlite_busy_timeout_ms=1234,
+        sqlite_cache_mib=48,
         _env_file=None,
     )
     db = Database(settings)
@@ -135,6 +136,7 @@ def test_every_sqlite_connection_gets_the_ledger_pragmas(
                 assert pragma("foreign_keys") == 1
                 assert pragma("synchronous") == level
                 assert pragma("busy_timeout") == 1234
+                assert pragma("cache_size") == -48 * 1024  # negative: KiB, not pages
             db.engine.pool.dispose()
     finally:
         db.dispose()

@@ -123,6 +123,7 @@ def _configure_sqlite(engine: Engine, settings: Settings) -> None:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={int(settings.sqlite_busy_timeout_ms)}")
             cursor.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
+            cursor.execute(f"PRAGMA cache_size=-{int(settings.sqlite_cache_mib) * 1024}")
         finally:
             cursor.close()
 
