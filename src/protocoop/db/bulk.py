@@ -246,8 +246,11 @@ def pairs_among(table: Table, columns: tuple[str, str], dialect_name: str) -> Ex
             "JOIN unnest(CAST(:firsts AS text[]), CAST(:seconds AS text[])) AS v(x, y) "
             f"ON t.{first} = v.x AND t.{second} = v.y WHERE t.community_id = :community"
         )
+    # The columns by name, in the order `.columns()` maps them to the result (by position): `t.*`
+    # would follow the order the migrations left them in, which need not be the model's.
+    selected = ", ".join(f't."{column.name}"' for column in table.columns)
     return text(
-        f"SELECT t.* FROM json_each(:pairs) AS v CROSS JOIN {table.name} AS t "  # noqa: S608
+        f"SELECT {selected} FROM json_each(:pairs) AS v CROSS JOIN {table.name} AS t "  # noqa: S608
         f"ON t.community_id = :community AND t.{first} = json_extract(v.value, '$[0]') "
         f"AND t.{second} = json_extract(v.value, '$[1]')"
     ).columns(*table.columns)
@@ -257,7 +260,7 @@ def pair_params(pairs: Sequence[tuple[str, str]], dialect_name: str) -> dict[str
     """The parameters of `pairs_among` for `pairs`."""
     if dialect_name == "postgresql":
         return {"firsts": [a for a, _ in pairs], "seconds": [b for _, b in pairs]}
-    return {"pairs": json.dumps([list(pair) for pair in pairs])}
+    return {"pairs": json.dumps(list(pairs))}  # each pair a JSON array
 
 
 def among(column: Any, values: Sequence[Any], dialect_name: str) -> Any:
