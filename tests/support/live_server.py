@@ -210,14 +210,12 @@ class LiveServer:
         self._wait_group_gone()
 
     def _wait_group_gone(self, timeout_s: float = 10.0) -> None:
-        """Wait until no process of the group is left (workers are reaped by init)."""
+        """Wait until no process of the group is left alive. Orphans (the workers, and
+        multiprocessing's resource tracker) are reaped by init, which on some machines takes
+        seconds; a zombie holds no port, file or lock, so it counts as gone."""
         assert self.process is not None
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.process.pid, 0)
-            except ProcessLookupError:
-                return
+        while time.monotonic() < deadline and _group_alive(self.process.pid):
             time.sleep(0.05)
 
     def log_tail(self) -> str:
@@ -227,6 +225,25 @@ class LiveServer:
         data = self.log_path.read_bytes()
         prefix = "...\n" if len(data) > LOG_TAIL_BYTES else ""
         return prefix + data[-LOG_TAIL_BYTES:].decode(errors="replace")
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of process group `group` is alive (running, sleeping or stopped, not
+    a zombie). Reads /proc where there is one; elsewhere any process of the group counts."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after its ")".
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            if int(pgrp) == group and state != "Z":
+                return True
+    return False
 
 
 class _PortTaken(RuntimeError):
