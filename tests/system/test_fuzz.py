@@ -8,10 +8,11 @@ headers and body schema; invalid input must be refused; a request without the ke
 method a path does not have gets 405 with `Allow`. Afterwards every community's audit is ok and
 `protocoop check` passes.
 
-Each role's pass is one run of the `schemathesis` command (whose report is the failure message),
-with tests/support/fuzz_hooks.py. The short pass CI runs: examples, coverage (admin only) and
-fuzzing phases, `PROTOCOOP_FUZZ_EXAMPLES` (default 10) generated requests per operation. `make fuzz`
-(`PROTOCOOP_FUZZ=long`) runs a long pass: coverage for every role, the stateful phase, 300 examples.
+Each backend's test starts one server and runs the `schemathesis` command once per role (the
+reports of the runs that failed are the failure message), with tests/support/fuzz_hooks.py. The
+short pass CI runs: examples, coverage (admin only) and fuzzing phases, `PROTOCOOP_FUZZ_EXAMPLES`
+(default 10) generated requests per operation. `make fuzz` (`PROTOCOOP_FUZZ=long`) runs a long
+pass: coverage for every role, the stateful phase, 300 examples.
 `PROTOCOOP_FUZZ_SEED` replays a run (schemathesis prints its seed).
 """
 
@@ -23,7 +24,6 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -35,10 +35,11 @@ import pytest
 from protocoop.auth.roles import Role
 from tests.support.api import every_item
 from tests.support.databases import BACKENDS
-from tests.support.live_server import _SERVERS, LiveServer, protocoop_command, serving
+from tests.support.live_server import LiveServer, protocoop_command, serving
 
-# exclusive: the roles' passes and the audit after them share one server, in order, in one process
-pytestmark = [pytest.mark.slow, pytest.mark.fuzz, pytest.mark.exclusive]
+# Not exclusive: nothing here measures time. Each backend's roles and the audit after them share
+# one server, in order, inside one test, so `make test`'s parallel pass may run it on any worker.
+pytestmark = [pytest.mark.slow, pytest.mark.fuzz]
 
 LONG = os.environ.get("PROTOCOOP_FUZZ", "") == "long"
 EXAMPLES = int(os.environ.get("PROTOCOOP_FUZZ_EXAMPLES", "300" if LONG else "10"))
@@ -240,38 +241,37 @@ def _toml(value: Any) -> str:
     return "{" + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + "}"
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def fuzz_target(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FuzzTarget]:
-    """`protocoop serve` on a fresh database of each backend, for the whole module."""
-    backend = str(request.param)
-    with serving(backend, tmp_path_factory.mktemp(f"fuzz-{backend}"), request) as server:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_operation_answers_as_documented_and_every_ledger_stays_whole(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """`protocoop serve` on a fresh database; one `schemathesis run` as each role in turn; then
+    every community's audit and `protocoop check`."""
+    (workdir := tmp_path / "server").mkdir()
+    with serving(backend, workdir, request) as server:
         target = FuzzTarget(server)
         target.arrange()
-        yield target
+        failures = [
+            failure
+            for role in ROLES
+            if (failure := _fuzz(target, role, tmp_path / role)) is not None
+        ]
+        assert not failures, "\n\n".join(failures)
+        _assert_every_ledger_whole(target)
 
 
-@pytest.fixture(autouse=True)
-def _attach_server_log(request: pytest.FixtureRequest, fuzz_target: FuzzTarget) -> None:
-    """A failing test's report shows the server's log (see tests/support/live_server.py)."""
-    request.node.stash.setdefault(_SERVERS, []).append(fuzz_target.server)
-
-
-@pytest.mark.parametrize("role", ROLES)
-def test_every_operation_answers_as_documented(
-    fuzz_target: FuzzTarget, role: str, tmp_path: Path
-) -> None:
-    """One `schemathesis run` against the live document as `role`."""
-    server = fuzz_target.server
-    settings = _config(fuzz_target, role, fuzz_target.resources_for(role))
-    config_file = tmp_path / "schemathesis.toml"
+def _fuzz(target: FuzzTarget, role: str, workdir: Path) -> str | None:
+    """One `schemathesis run` against the live document as `role`: its report if it failed."""
+    server = target.server
+    workdir.mkdir(parents=True)
+    settings = _config(target, role, target.resources_for(role))
+    config_file = workdir / "schemathesis.toml"
     config_file.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in settings.items()))
-    answers = tmp_path / "answers.jsonl"
+    answers = workdir / "answers.jsonl"
     env = {
         **os.environ,
-        "PROTOCOOP_FUZZ_SPARED_KEYS": ",".join(sorted(fuzz_target.spared_keys)),
-        "PROTOCOOP_FUZZ_CSV_OPERATIONS": ";".join(sorted(fuzz_target.csv_operations)),
+        "PROTOCOOP_FUZZ_SPARED_KEYS": ",".join(sorted(target.spared_keys)),
+        "PROTOCOOP_FUZZ_CSV_OPERATIONS": ";".join(sorted(target.csv_operations)),
         "PROTOCOOP_FUZZ_ANSWERS": str(answers),
     }
     run = subprocess.run(
@@ -286,40 +286,39 @@ def test_every_operation_answers_as_documented(
             f"{server.base_url}/openapi.json",
         ],
         env=env,
-        cwd=tmp_path,
+        cwd=workdir,
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,
         check=False,
     )
-    (tmp_path / "schemathesis.out").write_text(run.stdout + run.stderr)
+    (workdir / "schemathesis.out").write_text(run.stdout + run.stderr)
     print(f"\n[{server.backend}, {role}] schemathesis: {run.stdout[-1500:]}")
     if answers.exists():
         for line in answers.read_text().splitlines():
             answer = json.loads(line)
-            fuzz_target.answers[(role, answer["operation"], answer["status"])] += 1
-    assert run.returncode == 0, f"schemathesis as {role}:\n{run.stdout}\n{run.stderr}"
+            target.answers[(role, answer["operation"], answer["status"])] += 1
+    if run.returncode == 0:
+        return None
+    return f"schemathesis as {role}:\n{run.stdout}\n{run.stderr}"
 
 
-def test_after_fuzzing_every_community_audits_ok_and_mutuality_check_passes(
-    fuzz_target: FuzzTarget,
-) -> None:
-    if not fuzz_target.answers:
-        pytest.skip("runs after test_every_operation_answers_as_documented, in the same session")
-    server = fuzz_target.server
-    summary = _summary(fuzz_target.answers)
+def _assert_every_ledger_whole(target: FuzzTarget) -> None:
+    """Every role got through, something was written, and the ledgers audit clean."""
+    server = target.server
+    summary = _summary(target.answers)
     print(f"\n[{server.backend}] answers by role and operation:\n{summary}")
 
     for role in ROLES:
         successes = sum(
             n
-            for (r, operation, status), n in fuzz_target.answers.items()
+            for (r, operation, status), n in target.answers.items()
             if r == role and " /v1/" in operation and status < 300
         )
         assert successes, f"{role}: no request succeeded (is the key sent?)\n{summary}"
     changed = sum(
         n
-        for (_, operation, status), n in fuzz_target.answers.items()
+        for (_, operation, status), n in target.answers.items()
         if not operation.startswith("GET ") and status < 300
     )
     assert changed, f"no write succeeded: the fuzzer never got past validation\n{summary}"
