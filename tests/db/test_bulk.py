@@ -4,11 +4,13 @@ read what the ones before them did."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Table, select
+from sqlalchemy import Table, create_engine, select, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import NullPool
 
 from protocoop.clock import utc_now
 from protocoop.db import Database
@@ -159,3 +161,40 @@ def test_on_sqlite_each_pair_is_one_primary_key_lookup_however_many_rows_the_com
             f"(community_id=? AND {columns[0]}=? AND {columns[1]}=?)" in detail
             for detail in details
         ), details
+
+
+_SLEEP = text("SELECT pg_sleep(:seconds) AS slept")
+
+
+def test_reads_whose_session_is_ended_mid_round_trip_run_again_on_a_new_connection(
+    db: Database, community: dict[str, Any]
+) -> None:
+    """`pg_terminate_backend` (a restart, a proxy) while a pipelined round trip runs: the
+    transaction counts as one that lost its connection before COMMIT and runs again, instead of
+    answering 503 with psycopg's "cannot exit pipeline mode while busy"."""
+    if db.is_sqlite:
+        pytest.skip("SQLite has no session another process could end")
+    backends: list[int] = []
+
+    def work(session: Any) -> int:
+        connection = session.connection()
+        backend = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        backends.append(backend)
+        if len(backends) == 1:
+            threading.Timer(0.3, _terminate, (db, backend)).start()
+        reads = Reads(connection)
+        first = reads.add(_SLEEP, {"seconds": 0 if len(backends) > 1 else 3})
+        reads.add(select(_accounts.c.id).where(_accounts.c.id == "alice"), {})
+        reads.send()
+        return len(first)
+
+    assert db.run_write(work) == 1
+    assert len(backends) == 2
+    assert backends[0] != backends[1]
+
+
+def _terminate(db: Database, backend: int) -> None:
+    other = create_engine(db.settings.database_url, poolclass=NullPool)
+    with other.connect() as connection:
+        connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+    other.dispose()

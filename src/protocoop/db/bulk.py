@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
-from protocoop.db.engine import CURRENT_XID_SQL
+from protocoop.db.engine import CURRENT_XID_SQL, lost_connection
 from protocoop.db.watchdog import INFO_KEY as WATCHDOG
 
 
@@ -207,7 +207,28 @@ def _pipelined(connection: Connection, statements: Sequence[tuple[str, Any]]) ->
                 cursor.close()
             return results
     except psycopg.Error as error:
-        raise DBAPIError.instance(sql, None, error, psycopg.Error) from error
+        # Leaving a pipeline whose connection the server closed raises "cannot exit pipeline
+        # mode while busy" over the real reason (e.g. admin_shutdown): report the reason, and
+        # invalidate the connection as SQLAlchemy does for its own statements, so that the
+        # transaction's rollback sends nothing and the work is retried on a new connection.
+        reason = _first_driver_error(error)
+        failure = cast(DBAPIError, DBAPIError.instance(sql, None, reason, psycopg.Error))
+        if driver.broken or driver.closed or lost_connection(failure):
+            if not connection.invalidated:
+                connection.invalidate(reason)
+            failure.connection_invalidated = True
+        raise failure from error
+
+
+def _first_driver_error(error: BaseException) -> BaseException:
+    """The driver error that began the chain `error` ends (each raised while handling the one
+    before)."""
+    import psycopg
+
+    first = error
+    while isinstance(first.__context__, psycopg.Error):
+        first = first.__context__
+    return first
 
 
 _COMPILED: dict[int, tuple[Executable, str, dict[str, Any]]] = {}
