@@ -24,6 +24,7 @@ from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from protocoop.db.engine import CURRENT_XID_SQL, lost_connection
 from protocoop.db.watchdog import INFO_KEY as WATCHDOG
+from protocoop.db.watchdog import mark_cut
 
 
 class Writes:
@@ -209,10 +210,13 @@ def _pipelined(connection: Connection, statements: Sequence[tuple[str, Any]]) ->
     except psycopg.Error as error:
         # Leaving a pipeline whose connection the server closed raises "cannot exit pipeline
         # mode while busy" over the real reason (e.g. admin_shutdown): report the reason, and
-        # invalidate the connection as SQLAlchemy does for its own statements, so that the
-        # transaction's rollback sends nothing and the work is retried on a new connection.
+        # invalidate a dead connection as SQLAlchemy does for its own statements, so that the
+        # transaction's rollback sends nothing. A connection the server closed is lost (the
+        # work runs again on a new one); one the watchdog cut is a hung server (it does not).
         reason = _first_driver_error(error)
         failure = cast(DBAPIError, DBAPIError.instance(sql, None, reason, psycopg.Error))
+        if watchdog is not None and watchdog.cut(driver):
+            mark_cut(failure)
         if driver.broken or driver.closed or lost_connection(failure):
             if not connection.invalidated:
                 connection.invalidate(reason)

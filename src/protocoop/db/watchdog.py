@@ -138,6 +138,12 @@ _RETURNED_AT = "protocoop_returned_at"
 _CUT = "protocoop_cut_by_watchdog"
 
 
+def mark_cut(error: BaseException) -> None:
+    """Say that `error` is the failure of a statement the watchdog cut off (for statements run
+    outside SQLAlchemy's execution, whose `handle_error` event does this for the rest)."""
+    setattr(error, _CUT, True)
+
+
 def cut_by_watchdog(error: BaseException) -> bool:
     """Whether `error` is the failure of a statement whose connection the watchdog cut off
     because the server did not answer in time (a hung server, not a closed connection)."""
@@ -171,7 +177,7 @@ def install(engine: Engine, watchdog: Watchdog, *, ping: bool) -> None:
         if driver_connection is not None:
             watchdog.disarm(driver_connection)
             if context.sqlalchemy_exception is not None and watchdog.cut(driver_connection):
-                setattr(context.sqlalchemy_exception, _CUT, True)
+                mark_cut(context.sqlalchemy_exception)
 
     # Disarmed when the connection goes back to the pool (after its reset).
     @event.listens_for(engine, "commit")
