@@ -45,6 +45,7 @@ from protocoop.config import Settings
 from protocoop.db import Database, migrate
 from tests.support.api import every_item, make_key
 from tests.support.databases import create_postgres_database, drop_postgres_database
+from tests.support.processes import process_table
 
 READY_TIMEOUT_S = 60.0
 LOG_TAIL_BYTES = 20_000
@@ -230,20 +231,13 @@ class LiveServer:
 def _group_alive(group: int) -> bool:
     """Whether a process of process group `group` is alive (running, sleeping or stopped, not
     a zombie). Reads /proc where there is one; elsewhere any process of the group counts."""
-    proc = Path("/proc")
-    if not (proc / "self" / "stat").exists():
+    if not Path("/proc/self/stat").exists():
         try:
             os.killpg(group, 0)
         except ProcessLookupError:
             return False
         return True
-    for stat in proc.glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after its ")".
-            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
-            if int(pgrp) == group and state != "Z":
-                return True
-    return False
+    return any(pgrp == group and state != "Z" for _, state, _, pgrp in process_table())
 
 
 class _PortTaken(RuntimeError):

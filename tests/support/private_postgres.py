@@ -31,6 +31,7 @@ from sqlalchemy import create_engine, text
 
 from tests.support.databases import IN_CI
 from tests.support.live_server import free_port
+from tests.support.processes import process_table
 
 PG_BIN_ENV = "PROTOCOOP_TEST_PG_BIN"
 START_TIMEOUT_S = 60
@@ -170,13 +171,7 @@ class PrivatePostgres:
 
 def _children(parent: int) -> list[int]:
     """The processes whose parent is `parent` (from /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            # "pid (comm) state ppid ...": comm may hold spaces, so split after its ")"
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
-                found.append(int(stat.parent.name))
-    return found
+    return [pid for pid, _, ppid, _ in process_table() if ppid == parent]
 
 
 @pytest.fixture
