@@ -8,14 +8,14 @@ import threading
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Table, create_engine, select, text
+from sqlalchemy import Table, select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.pool import NullPool
 
 from protocoop.clock import utc_now
 from protocoop.db import Database
 from protocoop.db.bulk import Reads, Writes, one_of, pairs_among, rows_matching_pairs
 from protocoop.db.models import Account, Event, IdempotencyRecord, PairFlow
+from tests.support.databases import terminate_backend
 
 _accounts = cast(Table, Account.__table__)
 _events = cast(Table, Event.__table__)
@@ -181,7 +181,7 @@ def test_reads_whose_session_is_ended_mid_round_trip_run_again_on_a_new_connecti
         backend = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
         backends.append(backend)
         if len(backends) == 1:
-            threading.Timer(0.3, _terminate, (db, backend)).start()
+            threading.Timer(0.3, terminate_backend, (db.settings.database_url, backend)).start()
         reads = Reads(connection)
         first = reads.add(_SLEEP, {"seconds": 0 if len(backends) > 1 else 3})
         reads.add(select(_accounts.c.id).where(_accounts.c.id == "alice"), {})
@@ -191,10 +191,3 @@ def test_reads_whose_session_is_ended_mid_round_trip_run_again_on_a_new_connecti
     assert db.run_write(work) == 1
     assert len(backends) == 2
     assert backends[0] != backends[1]
-
-
-def _terminate(db: Database, backend: int) -> None:
-    other = create_engine(db.settings.database_url, poolclass=NullPool)
-    with other.connect() as connection:
-        connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
-    other.dispose()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psycopg
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -35,6 +37,19 @@ def drop_postgres_database(server_url: str, database_url: str) -> None:
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+def driver_url(database_url: str) -> str:
+    """`database_url` as psycopg itself takes it (no SQLAlchemy driver name)."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(False)
+
+
+def terminate_backend(database_url: str, pid: int) -> None:
+    """End PostgreSQL session `pid`, as an operator or a restart would; returns once it is gone."""
+    with psycopg.connect(driver_url(database_url), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+            time.sleep(0.005)
 
 
 def truncate_postgres(url: str) -> None:

@@ -31,6 +31,7 @@ from protocoop.auth.roles import Role
 from protocoop.config import Settings
 from protocoop.db.engine import lost_connection
 from tests.support.api import make_key
+from tests.support.databases import driver_url, terminate_backend
 from tests.support.faults import check_ledger_matches_load, serving
 from tests.support.live_server import ExchangeLoad, create_tight_community
 
@@ -39,15 +40,11 @@ pytestmark = pytest.mark.exclusive  # timing, crash windows and group sizes need
 postgres_only = pytest.mark.parametrize("backend", ["postgresql"])
 
 
-def _driver_url(database_url: str) -> str:
-    return make_url(database_url).set(drivername="postgresql").render_as_string(False)
-
-
 def terminate_sessions(database_url: str) -> int:
     """End every other session on the database, as an operator or a restart would; returns how
     many, once they are gone."""
     name = make_url(database_url).database
-    with psycopg.connect(_driver_url(database_url), autocommit=True) as admin:
+    with psycopg.connect(driver_url(database_url), autocommit=True) as admin:
         pids = [
             pid
             for (pid,) in admin.execute(
@@ -114,7 +111,7 @@ class SessionKiller:
 
     def _has_written(self, connection: Connection) -> bool:
         pid = connection.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
-        with psycopg.connect(_driver_url(self.database_url), autocommit=True) as admin:
+        with psycopg.connect(driver_url(self.database_url), autocommit=True) as admin:
             row = admin.execute(
                 "SELECT backend_xid IS NOT NULL FROM pg_stat_activity WHERE pid = %s", (pid,)
             ).fetchone()
@@ -127,10 +124,7 @@ class SessionKiller:
             self.armed = None
             self.fired += 1
         pid = connection.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
-        with psycopg.connect(_driver_url(self.database_url), autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-            while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
-                time.sleep(0.005)
+        terminate_backend(self.database_url, pid)
 
 
 @pytest.fixture
