@@ -63,10 +63,13 @@ def _may_use_cache(request: Request) -> bool:
 
 async def authenticate(
     request: Request,
-    db: DatabaseDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The principal behind the bearer token; unknown and revoked tokens are the same 401."""
+    """The principal behind the bearer token; unknown and revoked tokens are the same 401.
+
+    (It and the role checks below take the database from the request rather than as a
+    dependency of their own: every level of the dependency tree costs each request's
+    resolution, and these run on every request.)"""
     if credentials is None or not credentials.credentials:
         raise Unauthorized("Send an API key as `Authorization: Bearer <token>`.")
     cache: PrincipalCache = request.app.state.principals
@@ -75,6 +78,7 @@ async def authenticate(
     # A cached key is checked by the request's first transaction (`auth.cache`).
     unconfirmed_key.set(UnconfirmedKey(principal.key_id) if principal is not None else None)
     if principal is None:
+        db: Database = request.app.state.db
 
         def look_up() -> Principal | None:
             return db.run_read(
@@ -110,9 +114,9 @@ async def confirm_cached_key(db: Database) -> None:
 def require_roles(roles: frozenset[Role]) -> Callable[..., Awaitable[Principal]]:
     """A dependency that lets through only `roles` (for routes outside any community)."""
 
-    async def dependency(principal: PrincipalDep, db: DatabaseDep) -> Principal:
+    async def dependency(request: Request, principal: PrincipalDep) -> Principal:
         if principal.role not in roles:
-            await confirm_cached_key(db)
+            await confirm_cached_key(request.app.state.db)
             raise Forbidden(f"The {principal.role.value} role may not do this.")
         return principal
 
@@ -142,9 +146,9 @@ def in_community(roles: frozenset[Role]) -> Callable[..., Awaitable[Principal]]:
     async def dependency(
         request: Request,
         principal: PrincipalDep,
-        db: DatabaseDep,
         community_id: Annotated[str, Path(max_length=63)],
     ) -> Principal:
+        db: Database = request.app.state.db
         if (
             not principal.sees(community_id)
             or not _COMMUNITY_ID.match(community_id)
@@ -163,7 +167,6 @@ def in_community(roles: frozenset[Role]) -> Callable[..., Awaitable[Principal]]:
 
 async def read_metrics(
     request: Request,
-    db: DatabaseDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """Who may read `/metrics`, which shows every community's activity: anyone when the operator
@@ -179,8 +182,8 @@ async def read_metrics(
         and hmac.compare_digest(credentials.credentials.encode(), token.get_secret_value().encode())
     ):
         return
-    principal = await authenticate(request, db, credentials)
-    await confirm_cached_key(db)
+    principal = await authenticate(request, credentials)
+    await confirm_cached_key(request.app.state.db)
     if principal.role not in ADMINS:
         raise Forbidden(f"The {principal.role.value} role may not do this.")
 
