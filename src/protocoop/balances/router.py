@@ -14,7 +14,7 @@ from protocoop.balances import service
 from protocoop.balances.schemas import BalancePublic, BalancesPage, Statement, TrialBalance
 from protocoop.csv_rows import Cell, csv_chunks
 from protocoop.db import Database
-from protocoop.ledger.expiry import read_after_expiry
+from protocoop.ledger.expiry import read_checking_expiry
 from protocoop.pagination import bad_cursor, decode_cursor
 from protocoop.routing import CursorQuery, LimitQuery, MemberPath, problem_responses
 from protocoop.schemas import Timestamp
@@ -71,13 +71,17 @@ def get_balance(
 ) -> BalancePublic:
     """The balance and the room left within the limits, now or at a past time or `seq`, with
     what pending exchanges reserve."""
-    return read_after_expiry(
+    return read_checking_expiry(
         db,
         community_id,
-        lambda session: service.member_balance(
-            session, community_id, member_id, as_of=as_of, as_of_seq=as_of_seq
+        lambda session, check_due: service.member_balance(
+            session,
+            community_id,
+            member_id,
+            as_of=as_of,
+            as_of_seq=as_of_seq,
+            check_due=check_due,
         ),
-        account_id=member_id,
     )
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, case, func, literal, select
 from sqlalchemy.orm import Session
 
 from protocoop.balances.schemas import (
@@ -23,10 +24,12 @@ from protocoop.balances.schemas import (
     StatementLine,
     TrialBalance,
 )
+from protocoop.clock import utc_now
 from protocoop.communities.schemas import Unit
 from protocoop.db.models import Account, Community, Entry, Exchange, LedgerHead
 from protocoop.db.sums import exact_sum, summed
 from protocoop.errors import NotFound, ValidationFailed
+from protocoop.ledger.queries import DueForExpiry, due_expiries_exist
 from protocoop.pagination import next_cursor
 
 _a = Account.__table__
@@ -100,20 +103,14 @@ def _resolve_position(
     return head, head
 
 
-def member_balance(
-    session: Session,
-    community_id: str,
-    account_id: str,
-    *,
-    as_of: datetime | None = None,
-    as_of_seq: int | None = None,
-) -> BalancePublic:
-    """An account's balance and room within its limits, now or at a past position (with the
-    current limits and reservations: limit history is not kept)."""
-    now = as_of is None and as_of_seq is None
-    # Now: one statement, the head's seq read with the account (same snapshot either way).
-    seq, head = (0, 0) if now else _resolve_position(session, community_id, as_of, as_of_seq)
-    row = session.execute(
+@cache
+def _balance_row(check_due: bool) -> Select[Any]:
+    """The account's balance, limits and reservations, its community's unit and head `seq`
+    (and, with `check_due`, whether it has proposals past their time): built once."""
+    community: Any = bindparam("community")
+    account: Any = bindparam("account")
+    due = [due_expiries_exist(community, account, bindparam("now")).label("due")]
+    return (
         select(
             _a.c.balance,
             _a.c.lower_limit,
@@ -124,13 +121,36 @@ def member_balance(
             Community.unit_name,
             Community.unit_scale,
             LedgerHead.last_seq,
+            *(due if check_due else []),
         )
         .join(Community, Community.id == _a.c.community_id)
         .join(LedgerHead, LedgerHead.community_id == _a.c.community_id)
-        .where(_a.c.community_id == community_id, _a.c.id == account_id)
-    ).first()
+        .where(_a.c.community_id == community, _a.c.id == account)
+    )
+
+
+def member_balance(
+    session: Session,
+    community_id: str,
+    account_id: str,
+    *,
+    as_of: datetime | None = None,
+    as_of_seq: int | None = None,
+    check_due: bool = False,
+) -> BalancePublic:
+    """An account's balance and room within its limits, now or at a past position (with the
+    current limits and reservations: limit history is not kept). With `check_due`, raises
+    `DueForExpiry` when the account has proposals past their time (checked in the same
+    statement)."""
+    now = as_of is None and as_of_seq is None
+    # Now: one statement, the head's seq read with the account (same snapshot either way).
+    seq, head = (0, 0) if now else _resolve_position(session, community_id, as_of, as_of_seq)
+    parameters = {"community": community_id, "account": account_id, "now": utc_now()}
+    row = session.execute(_balance_row(check_due), parameters).first()
     if row is None:
         raise NotFound(f"Member {account_id!r} not found.", member=account_id)
+    if check_due and row.due:
+        raise DueForExpiry
     if now:
         seq = head = row.last_seq
     balance = row.balance if seq == head else balance_at(session, community_id, account_id, seq)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from protocoop.clock import utc_now
 from protocoop.db import Database
 from protocoop.db.models import PendingExchange
-from protocoop.ledger.queries import has_due_expiries, is_due_for_expiry
+from protocoop.ledger.queries import DueForExpiry, has_due_expiries, is_due_for_expiry
 from protocoop.ledger.service import expire_due
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,21 @@ def read_after_expiry(
     db.run_write(lambda session: expire_due(session, community_id))
     with db.read() as session:
         return read(session)
+
+
+def read_checking_expiry(db: Database, community_id: str, read: Callable[[Session, bool], T]) -> T:
+    """`read(session, True)` in a read transaction: a read that looks for its due proposals in
+    its own statement (`queries.due_expiries_exist`) and raises `DueForExpiry` when it finds
+    some, saving `read_after_expiry`'s separate check on every request. They are then released
+    and it reads again, without looking."""
+    try:
+        with db.read() as session:
+            return read(session, True)
+    except DueForExpiry:
+        pass
+    db.run_write(lambda session: expire_due(session, community_id))
+    with db.read() as session:
+        return read(session, False)
 
 
 def _expire_community(session: Session, community_id: str) -> int:

@@ -11,7 +11,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Select, and_, select
+from sqlalchemy import Exists, Row, Select, and_, exists, select
 from sqlalchemy.orm import Session
 
 from protocoop.clock import rfc3339, utc_now
@@ -249,16 +249,30 @@ def is_due_for_expiry(session: Session, community_id: str, exchange_id: str) -> 
     )
 
 
-def has_due_expiries(session: Session, community_id: str, account_id: str | None = None) -> bool:
-    """Whether any pending proposal (touching `account_id`, when given) is past its time."""
+def _due(community_id: Any, now: Any, account_id: Any = None) -> Select[Any]:
     query = select(_p.c.id).where(
-        _p.c.community_id == community_id,
-        _p.c.status == "pending",
-        _p.c.expires_at <= utc_now(),
+        _p.c.community_id == community_id, _p.c.status == "pending", _p.c.expires_at <= now
     )
     if account_id is not None:
         query = query.where((_p.c.provider == account_id) | (_p.c.receiver == account_id))
+    return query
+
+
+def has_due_expiries(session: Session, community_id: str, account_id: str | None = None) -> bool:
+    """Whether any pending proposal (touching `account_id`, when given) is past its time."""
+    query = _due(community_id, utc_now(), account_id)
     return session.execute(query.limit(1)).first() is not None
+
+
+def due_expiries_exist(community_id: Any, account_id: Any, now: Any) -> Exists:
+    """A column for a read's own statement: whether a pending proposal touching `account_id` is
+    past its time (arguments are values or bind parameters)."""
+    return exists(_due(community_id, now, account_id))
+
+
+class DueForExpiry(Exception):
+    """Raised by a read that found, in its own statement, proposals past their time: they are
+    released before it is answered (`ledger.expiry.read_checking_expiry`)."""
 
 
 def list_exchanges(
