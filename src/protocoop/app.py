@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -37,6 +38,7 @@ from protocoop.mutuality.router import router as mutuality_router
 from protocoop.observability import GROUP_COMMIT_SIZE, configure_logging
 from protocoop.ops import router as ops_router
 from protocoop.replay import ReplayLostReads
+from protocoop.ui import router as ui
 
 log = logging.getLogger(__name__)
 
@@ -134,5 +136,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         intertrades_router,
     ):
         app.include_router(router)
+    # The dashboard's secret: from settings, or (a single process, such as the tests) made here.
+    secret = settings.ui_secret.get_secret_value() if settings.ui_secret else None
+    ui.install(app, settings, secret or secrets.token_urlsafe(32))
     openapi.install(app)  # after the routers: documents every problem each route can answer
     return app

@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import os
+import secrets
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -443,6 +444,9 @@ def serve(
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Every worker writes its metrics here, so /metrics adds them all up.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="protocoop-metrics-")
+    if settings.ui_secret is None:
+        # The workers sign dashboard sessions with one secret; they inherit it from here.
+        os.environ["PROTOCOOP_UI_SECRET"] = secrets.token_urlsafe(32)
     logging.getLogger("protocoop").setLevel(logging.NOTSET)
     configure_logging(settings.log_level)
     _warn_unless_migrated(settings)

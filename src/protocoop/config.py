@@ -12,6 +12,7 @@ from sqlalchemy.exc import ArgumentError
 
 SqliteSynchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 METRICS_TOKEN_MIN_LENGTH = 16
+UI_SECRET_MIN_LENGTH = 32
 
 
 class Settings(BaseSettings):
@@ -91,6 +92,12 @@ class Settings(BaseSettings):
     scraper; admin keys may read it too. Unset or empty: admin keys only."""
     metrics_public: bool = False
     """Serve `/metrics` to anyone without a key (it shows every community's activity)."""
+    ui_secret: SecretStr | None = None
+    """Signs the dashboard's session and CSRF cookies (32 characters or more). Unset: `protocoop
+    serve` makes a random one at each start, shared by its workers, so a restart signs everyone
+    out."""
+    ui_session_minutes: int = Field(default=480, ge=1, le=7 * 24 * 60)
+    """A dashboard sign-in lasts this long."""
 
     @field_validator("metrics_token")
     @classmethod
@@ -103,6 +110,18 @@ class Settings(BaseSettings):
                 "(e.g. the output of `openssl rand -hex 32`)"
             )
         return token
+
+    @field_validator("ui_secret")
+    @classmethod
+    def _long_ui_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is None or not secret.get_secret_value():
+            return None
+        if len(secret.get_secret_value()) < UI_SECRET_MIN_LENGTH:
+            raise ValueError(
+                f"the dashboard secret must be at least {UI_SECRET_MIN_LENGTH} characters "
+                "(e.g. the output of `openssl rand -hex 32`)"
+            )
+        return secret
 
     @field_validator("database_url")
     @classmethod

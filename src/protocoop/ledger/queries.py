@@ -275,6 +275,34 @@ class DueForExpiry(Exception):
     released before it is answered (`ledger.expiry.read_checking_expiry`)."""
 
 
+def _filtered(
+    query: Select[Any],
+    community_id: str,
+    member: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    seq_bound: Any,
+) -> Select[Any]:
+    """`query` over exchanges kept to `seq_bound`, those posting to `member`, and `created_at`
+    in [since, until)."""
+    query = query.where(_x.c.community_id == community_id, seq_bound(_x.c.seq))
+    if member is not None:
+        query = query.where(
+            _x.c.seq.in_(
+                select(_e.c.seq).where(
+                    _e.c.community_id == community_id,
+                    _e.c.account_id == member,
+                    seq_bound(_e.c.seq),
+                )
+            )
+        )
+    if since is not None:
+        query = query.where(_x.c.created_at >= since)
+    if until is not None:
+        query = query.where(_x.c.created_at < until)
+    return query
+
+
 def list_exchanges(
     session: Session,
     community_id: str,
@@ -287,26 +315,32 @@ def list_exchanges(
 ) -> Page[ExchangePublic]:
     """Completed exchanges in `seq` order after `after_seq`; `member` keeps those posting to
     that account, `since`/`until` bound `created_at` to [since, until)."""
-    query = _exchange_columns().where(_x.c.community_id == community_id, _x.c.seq > after_seq)
-    if member is not None:
-        query = query.where(
-            _x.c.seq.in_(
-                select(_e.c.seq).where(
-                    _e.c.community_id == community_id,
-                    _e.c.account_id == member,
-                    _e.c.seq > after_seq,
-                )
-            )
-        )
-    if since is not None:
-        query = query.where(_x.c.created_at >= since)
-    if until is not None:
-        query = query.where(_x.c.created_at < until)
+    query = _filtered(
+        _exchange_columns(), community_id, member, since, until, lambda seq: seq > after_seq
+    )
     rows = list(session.execute(query.order_by(_x.c.seq).limit(limit + 1)).all())
     return Page(
         items=_documents(session, community_id, rows[:limit]),
         next_cursor=next_cursor(rows, limit, lambda row: {"after_seq": row.seq}),
     )
+
+
+def latest_exchanges(
+    session: Session,
+    community_id: str,
+    *,
+    member: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    before_seq: int | None,
+    limit: int,
+) -> list[ExchangePublic]:
+    """Completed exchanges newest first, before `before_seq` when given (filters as
+    `list_exchanges`)."""
+    bound = (lambda seq: seq < before_seq) if before_seq is not None else (lambda seq: seq > 0)
+    query = _filtered(_exchange_columns(), community_id, member, since, until, bound)
+    rows = list(session.execute(query.order_by(_x.c.seq.desc()).limit(limit)).all())
+    return _documents(session, community_id, rows)
 
 
 def list_proposals(

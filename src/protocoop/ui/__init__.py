@@ -1,0 +1,1 @@
+"""The treasurer's dashboard: server-rendered pages under `/ui` that only read."""

@@ -1,0 +1,205 @@
+"""What the dashboard's pages show, read from the services the API answers with, so a page and
+the API never disagree: the same report, the same balances, the same statement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from protocoop.balances.service import head_seq, statement_window
+from protocoop.communities.service import get_community
+from protocoop.db.models import Community, Member
+from protocoop.mutuality import figures
+from protocoop.mutuality.report import MemberFigures, mutuality_index, reciprocity, standing
+
+SortKey = Literal[
+    "member", "balance", "lower_limit", "given", "received", "reciprocity", "last_exchange"
+]
+SORT_KEYS: tuple[SortKey, ...] = (
+    "member",
+    "balance",
+    "lower_limit",
+    "given",
+    "received",
+    "reciprocity",
+    "last_exchange",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    code: str
+    name: str
+    scale: int
+
+    def format(self, amount: int) -> str:
+        """`amount` minor units as the unit shows them: `-12.50 EUR`, `3 HOUR`."""
+        sign = "-" if amount < 0 else ""
+        whole, fraction = divmod(abs(amount), 10**self.scale)
+        digits = f"{whole:,}" + (f".{fraction:0{self.scale}d}" if self.scale else "")
+        return f"{sign}{digits} {self.code}"
+
+
+def unit_of(session: Session, community_id: str) -> Unit:
+    community = get_community(session, community_id)
+    return Unit(community.unit_code, community.unit_name, community.unit_scale)
+
+
+def community_ids(session: Session) -> list[str]:
+    """Every community, for an admin to choose from."""
+    return list(session.scalars(select(Community.id).order_by(Community.id)))
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRow:
+    member: str
+    name: str
+    status: str
+    balance: int
+    lower_limit: int
+    upper_limit: int | None
+    given: int
+    received: int
+    exchanges: int
+    reciprocity: float | None
+    standing: str
+    last_exchange_at: datetime | None
+
+
+def member_rows(session: Session, community_id: str) -> list[MemberRow]:
+    """Every member with balance, limits and all-time flows (the kept figures the mutuality
+    report reads), in id order."""
+    community = get_community(session, community_id)
+    head = head_seq(session, community_id)
+    window = figures.Window(community_id, 0, head, head)
+    positions = figures.account_positions(session, window)
+    names = {
+        row.id: (row.name, row.status)
+        for row in session.execute(
+            select(Member.id, Member.name, Member.status).where(Member.community_id == community_id)
+        )
+    }
+    threshold = community.reciprocity_threshold
+    return [
+        MemberRow(
+            member=m.member,
+            name=names[m.member][0],
+            status=names[m.member][1],
+            balance=m.balance,
+            lower_limit=m.lower_limit,
+            upper_limit=m.upper_limit,
+            given=m.given,
+            received=m.received,
+            exchanges=m.exchanges,
+            reciprocity=reciprocity(m.given, m.received),
+            standing=standing(m.given, m.received, threshold),
+            last_exchange_at=m.last_exchange_at,
+        )
+        for m in figures.member_figures(session, window, positions)
+    ]
+
+
+def sort_and_search(
+    rows: list[MemberRow], query: str, sort: SortKey, descending: bool
+) -> list[MemberRow]:
+    """The rows whose id or name contains `query` (any case), ordered by `sort`; a missing
+    value (no reciprocity, never exchanged) sorts last either way."""
+    needle = query.strip().casefold()
+    kept = [r for r in rows if needle in r.member.casefold() or needle in r.name.casefold()]
+    if sort == "member":
+        return sorted(kept, key=lambda r: r.member, reverse=descending)
+
+    def value(row: MemberRow) -> float | None:
+        if sort == "reciprocity":
+            return row.reciprocity
+        if sort == "last_exchange":
+            return row.last_exchange_at.timestamp() if row.last_exchange_at else None
+        number: int = getattr(row, sort)
+        return number
+
+    present = [r for r in kept if value(r) is not None]
+    missing = [r for r in kept if value(r) is None]
+    present.sort(key=lambda r: (value(r), r.member), reverse=descending)
+    return present + missing
+
+
+@dataclass(frozen=True, slots=True)
+class Month:
+    label: str
+    """`2026-11`."""
+    volume: int
+    exchanges: int
+    mutuality_index: float | None
+
+
+def _month_start(year: int, month: int) -> datetime:
+    while month < 1:
+        year, month = year - 1, month + 12
+    while month > 12:
+        year, month = year + 1, month - 12
+    return datetime(year, month, 1, tzinfo=UTC)
+
+
+def monthly(session: Session, community_id: str, now: datetime, months: int = 6) -> list[Month]:
+    """Volume, exchanges and mutuality index of each of the last `months` calendar months (UTC),
+    the current one included, oldest first: each month is a window of the mutuality report."""
+    head = head_seq(session, community_id)
+    series = []
+    for back in range(months - 1, -1, -1):
+        start = _month_start(now.year, now.month - back)
+        end = _month_start(start.year, start.month + 1)
+        from_seq, to_seq = statement_window(session, community_id, start, end)
+        window = figures.Window(community_id, from_seq, to_seq, head)
+        volume, exchanges = figures.totals(session, window)
+        flows = figures.flows_by_member(session, window)
+        members = [
+            MemberFigures(member, given, received, count, partners, 0, 0, None)
+            for member, (given, received, count, partners) in flows.items()
+            if not member.startswith("@")
+        ]
+        series.append(Month(f"{start:%Y-%m}", volume, exchanges, mutuality_index(members, volume)))
+    return series
+
+
+BUCKETS = (
+    "over the floor",
+    "75 to 100 % of the floor",
+    "50 to 75 % of the floor",
+    "25 to 50 % of the floor",
+    "0 to 25 % of the floor",
+    "zero",
+    "0 to 25 % of the ceiling",
+    "25 to 50 % of the ceiling",
+    "50 to 75 % of the ceiling",
+    "75 to 100 % of the ceiling",
+    "credit, no ceiling",
+    "over the ceiling",
+)
+"""How far each member's balance has gone towards its limits: debts against the floor (the
+lower limit), credits against the ceiling (the upper limit, when there is one)."""
+
+
+def bucket(balance: int, lower_limit: int, upper_limit: int | None) -> str:
+    if balance == 0:
+        return "zero"
+    if balance < 0:
+        if balance < lower_limit:
+            return "over the floor"
+        return BUCKETS[4 - min(3, int(balance / lower_limit * 4))]
+    if upper_limit is None:
+        return "credit, no ceiling"
+    if balance > upper_limit:
+        return "over the ceiling"
+    return BUCKETS[6 + min(3, int(balance / upper_limit * 4))]
+
+
+def balance_histogram(rows: list[MemberRow]) -> list[tuple[str, int]]:
+    """How many members are in each of `BUCKETS`."""
+    counts = dict.fromkeys(BUCKETS, 0)
+    for row in rows:
+        counts[bucket(row.balance, row.lower_limit, row.upper_limit)] += 1
+    return list(counts.items())
