@@ -10,7 +10,9 @@ tables after loading (never before: see docs/operations.md, *Planner statistics*
 - `protocoop export --format ledger` and `--format csv`, in a child process whose peak RSS the
   kernel reports;
 - an as-of balance (`?as_of_seq=`), once when the ledger holds 10,000 entries and again at the
-  end, to show it does not grow with history.
+  end, to show it does not grow with history;
+- each page of the dashboard (`/ui`), signed in as a treasurer: the application in this process
+  (Starlette's test client, so no network or HTTP parsing is counted), best of three.
 
     .venv/bin/python -m bench.mutuality_report                       # both databases
     .venv/bin/python -m bench.mutuality_report --database postgresql --exchanges 200000
@@ -34,7 +36,8 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from bench.common import COMMUNITY, POSTGRES_URL, analyze, fresh_database
+from bench.common import COMMUNITY, POSTGRES_URL, analyze, create_key, fresh_database
+from protocoop.auth.roles import Role
 from protocoop.balances.service import member_balance
 from protocoop.clock import utc_now
 from protocoop.communities.schemas import CommunityCreate
@@ -195,6 +198,43 @@ def time_export(url: str, fmt: str) -> tuple[float, float]:
         return time.perf_counter() - started, peak
 
 
+def time_pages(url: str, ids: list[str]) -> dict[str, float]:
+    """Seconds to answer each dashboard page (best of 3), signed in as a treasurer."""
+    from fastapi.testclient import TestClient
+
+    from protocoop.app import create_app
+
+    token = create_key(url, Role.TREASURER)
+    app = create_app(Settings(database_url=url, auto_migrate=False, _env_file=None))  # type: ignore[call-arg]
+    base = f"/ui/communities/{COMMUNITY}"
+    timings: dict[str, float] = {}
+    with TestClient(app, follow_redirects=False) as client:
+        form = client.get("/ui/sign-in").text
+        csrf = form.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        signed = client.post("/ui/sign-in", data={"token": token, "csrf": csrf, "next": "/ui"})
+        assert signed.status_code == 303, signed.text
+        latest = client.get(f"{base}/exchanges").text
+        exchange_id = latest.split(f"{base}/exchanges/", 1)[1].split('"', 1)[0]
+        pages = {
+            "overview": base,
+            "members, by balance": f"{base}/members?sort=balance&order=desc",
+            "members, searched": f"{base}/members?q=m012",
+            "member": f"{base}/members/{ids[len(ids) // 2]}",
+            "exchanges": f"{base}/exchanges",
+            "exchanges of a member": f"{base}/exchanges?member={ids[7]}",
+            "exchange": f"{base}/exchanges/{exchange_id}",
+        }
+        for name, path in pages.items():
+
+            def get(path: str = path) -> int:
+                response = client.get(path)
+                assert response.status_code == 200, f"{path}: {response.status_code}"
+                return response.status_code
+
+            timings[name], _ = best_of(3, get)
+    return timings
+
+
 def run(kind: str, members: int, exchanges: int) -> dict[str, Any]:
     """Build and measure one database; returns the figures."""
     with (
@@ -237,6 +277,7 @@ def run(kind: str, members: int, exchanges: int) -> dict[str, Any]:
             window_seconds, _ = best_of(1, lambda: report(day))
             journal = time_export(url, "ledger")
             csv_export = time_export(url, "csv")
+            pages = time_pages(url, ids)
             return {
                 "database": kind,
                 "members": members,
@@ -254,6 +295,7 @@ def run(kind: str, members: int, exchanges: int) -> dict[str, Any]:
                 "as_of_balance_ms_at_10k_entries": as_of_early,
                 "as_of_balance_ms_at_end": as_of_late,
                 "entries_at_end": 2 * exchanges,
+                "dashboard_pages_s": pages,
             }
         finally:
             db.dispose()
@@ -285,6 +327,8 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
             f"  as-of balance (median)            {r['as_of_balance_ms_at_10k_entries']:8.2f} ms "
             f"at 10k entries, {r['as_of_balance_ms_at_end']:.2f} ms at {r['entries_at_end']}"
         )
+        for page, seconds in r.get("dashboard_pages_s", {}).items():
+            print(f"  dashboard: {page:<26}{seconds * 1000:8.0f} ms")
 
 
 def main() -> None:
