@@ -33,8 +33,10 @@ def bars(
     labels: Sequence[str],
     values: Sequence[float | None],
     shown: Sequence[str],
+    top_label: str | None = None,
 ) -> Markup:
-    """A bar per label; `shown` is each value as the page writes it (for the description)."""
+    """A bar per label; `shown` is each value as the page writes it (for the description), and
+    `top_label` the largest as the axis shows it (by default, as a number)."""
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     top = max([v for v in values if v is not None] + [0])
     bottom = min([v for v in values if v is not None] + [0])
@@ -54,9 +56,9 @@ def bars(
                 f'class="{"bar" if value >= 0 else "bar negative"}"/>'
             )
         parts.append(_axis_label(x + slot * 0.35, HEIGHT - BOTTOM + 16, label))
-    parts.append(_axis_label(LEFT - 6, TOP + 10, _short(top), "end"))
+    parts.append(_axis_label(LEFT - 6, TOP + 10, top_label or short(top), "end"))
     if bottom < 0:
-        parts.append(_axis_label(LEFT - 6, HEIGHT - BOTTOM, _short(bottom), "end"))
+        parts.append(_axis_label(LEFT - 6, HEIGHT - BOTTOM, short(bottom), "end"))
     description = "; ".join(f"{label}: {text}" for label, text in zip(labels, shown, strict=True))
     return _frame(chart_id, title, description, "".join(parts))
 
@@ -83,15 +85,15 @@ def line(chart_id: str, title: str, points: Sequence[tuple[int, int]], descripti
     body = (
         f'<line x1="{LEFT}" y1="{zero_y:.1f}" x2="{WIDTH - RIGHT}" y2="{zero_y:.1f}" class="base"/>'
         f'<polyline points="{" ".join(path)}" class="trend"/>'
-        + _axis_label(LEFT - 6, TOP + 10, _short(top), "end")
-        + _axis_label(LEFT - 6, HEIGHT - BOTTOM, _short(bottom), "end")
+        + _axis_label(LEFT - 6, TOP + 10, short(top), "end")
+        + _axis_label(LEFT - 6, HEIGHT - BOTTOM, short(bottom), "end")
         + _axis_label(LEFT, HEIGHT - BOTTOM + 16, f"#{x0}", "start")
         + _axis_label(WIDTH - RIGHT, HEIGHT - BOTTOM + 16, f"#{x1}", "end")
     )
     return _frame(chart_id, title, description, body)
 
 
-def _short(value: float) -> str:
+def short(value: float) -> str:
     """An axis figure: 1.2k, 3.4M; fractions with two decimals."""
     if isinstance(value, float) and abs(value) < 10 and value != int(value):
         return f"{value:.2f}"

@@ -297,6 +297,7 @@ def overview(
                 labels,
                 [m.volume for m in months],
                 [unit.format(m.volume) for m in months],
+                charts.short(max(m.volume for m in months) / 10**unit.scale),
             ),
             index_chart=charts.bars(
                 "index",
