@@ -116,8 +116,7 @@ def served_routes(app: Any) -> set[tuple[str, str]]:
         (method, str(route.path_format))
         for route in iter_route_contexts(app.routes)
         for method in route.methods or ()
-        if method != "HEAD"
-        and str(route.path_format).split("/")[1:2] != [DASHBOARD.strip("/")]
+        if method != "HEAD" and str(route.path_format).split("/")[1:2] != [DASHBOARD.strip("/")]
     }
 
 

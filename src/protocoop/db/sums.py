@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, func, literal
 
 SPLIT_BITS = 32
 _LOW_MASK = (1 << SPLIT_BITS) - 1
-_ABSENT = object()
+_ABSENT: Any = object()
 
 
 def exact_sum(expression: Any, name: str, dialect_name: str) -> list[ColumnElement[Any]]:
@@ -43,7 +43,7 @@ def summed(row: Any, name: str) -> int:
     PostgreSQL) or the two halves `exact_sum` made on SQLite."""
     # Attribute access, not `row._mapping`: a report reads this for every member, and building
     # a mapping per call cost more than the rest of reading the row.
-    value = getattr(row, name, _ABSENT)
+    value: Any = getattr(row, name, _ABSENT)
     if value is not _ABSENT:
         return int(value or 0)
     return (int(getattr(row, f"{name}_hi") or 0) << SPLIT_BITS) + int(
