@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from protocoop.balances.service import head_seq, statement_window
 from protocoop.communities.service import get_community
-from protocoop.db.models import Community, Member
+from protocoop.db.models import Account, Community, Member
 from protocoop.mutuality import figures
 from protocoop.mutuality.report import MemberFigures, mutuality_index, reciprocity, standing
 
@@ -70,36 +70,49 @@ class MemberRow:
     last_exchange_at: datetime | None
 
 
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
 def member_rows(session: Session, community_id: str) -> list[MemberRow]:
-    """Every member with balance, limits and all-time flows (the kept figures the mutuality
-    report reads), in id order."""
-    community = get_community(session, community_id)
-    head = head_seq(session, community_id)
-    window = figures.Window(community_id, 0, head, head)
-    positions = figures.account_positions(session, window)
-    names = {
-        row.id: (row.name, row.status)
-        for row in session.execute(
-            select(Member.id, Member.name, Member.status).where(Member.community_id == community_id)
+    """Every member with balance, limits and all-time flows, in id order: the figures posting
+    keeps on each account (the mutuality report's whole-history figures), in one statement."""
+    threshold = get_community(session, community_id).reciprocity_threshold
+    query = (
+        select(
+            Account.id,
+            Member.name,
+            Member.status,
+            Account.balance,
+            Account.lower_limit,
+            Account.upper_limit,
+            Account.given,
+            Account.received,
+            Account.exchange_count,
+            Account.last_exchange_at,
         )
-    }
-    threshold = community.reciprocity_threshold
+        .join(Member, and_(Member.community_id == Account.community_id, Member.id == Account.id))
+        .where(Account.community_id == community_id)
+        .order_by(Account.id)
+    )
     return [
         MemberRow(
-            member=m.member,
-            name=names[m.member][0],
-            status=names[m.member][1],
-            balance=m.balance,
-            lower_limit=m.lower_limit,
-            upper_limit=m.upper_limit,
-            given=m.given,
-            received=m.received,
-            exchanges=m.exchanges,
-            reciprocity=reciprocity(m.given, m.received),
-            standing=standing(m.given, m.received, threshold),
-            last_exchange_at=m.last_exchange_at,
+            member=row.id,
+            name=row.name,
+            status=row.status,
+            balance=row.balance,
+            lower_limit=row.lower_limit,
+            upper_limit=row.upper_limit,
+            given=row.given,
+            received=row.received,
+            exchanges=row.exchange_count,
+            reciprocity=reciprocity(row.given, row.received),
+            standing=standing(row.given, row.received, threshold),
+            last_exchange_at=_utc(row.last_exchange_at),
         )
-        for m in figures.member_figures(session, window, positions)
+        for row in session.execute(query)
     ]
 
 
