@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import datetime
+from functools import cache
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -37,6 +39,18 @@ from protocoop.mutuality.schemas import (
     WindowPublic,
     ZeroSumPublic,
 )
+
+
+@cache
+def _field_names(kind: Any) -> tuple[str, ...]:
+    return tuple(field.name for field in fields(kind))
+
+
+def _flat(value: Any) -> dict[str, Any]:
+    """A report value's fields, one level deep: `dataclasses.asdict` deep-copies every value,
+    which for a report of 10,000 members cost as much as computing it."""
+    kind = value.__class__  # (`type(value)` is not Hashable to mypy)
+    return {name: getattr(value, name) for name in _field_names(kind)}
 
 
 def _window(
@@ -111,15 +125,15 @@ def community_mutuality(
         ),
         zero_sum=ZeroSumPublic(ok=report.zero_sum_ok, sum=report.balance_sum),
         limits=LimitsPublic(
-            outside=[LimitPositionPublic(**asdict(p)) for p in report.outside],
-            near_lower=[LimitPositionPublic(**asdict(p)) for p in report.near_lower],
-            near_upper=[LimitPositionPublic(**asdict(p)) for p in report.near_upper],
+            outside=[LimitPositionPublic(**_flat(p)) for p in report.outside],
+            near_lower=[LimitPositionPublic(**_flat(p)) for p in report.near_lower],
+            near_upper=[LimitPositionPublic(**_flat(p)) for p in report.near_upper],
         ),
-        indicators=IndicatorsPublic(**asdict(report.indicators)),
-        members=[MemberReciprocityPublic(**asdict(m)) for m in report.members],
-        pairs=[PairPublic(**asdict(p)) for p in report.pairs],
-        links=[LinkPositionPublic(**asdict(p)) for p in links],
-        warnings=[WarningPublic(**asdict(w)) for w in (*report.warnings, *link_warnings)],
+        indicators=IndicatorsPublic(**_flat(report.indicators)),
+        members=[MemberReciprocityPublic(**_flat(m)) for m in report.members],
+        pairs=[PairPublic(**_flat(p)) for p in report.pairs],
+        links=[LinkPositionPublic(**_flat(p)) for p in links],
+        warnings=[WarningPublic(**_flat(w)) for w in (*report.warnings, *link_warnings)],
     )
 
 
@@ -142,8 +156,8 @@ def member_mutuality_document(
         Policy(reciprocity_threshold=community.reciprocity_threshold),
     )
     return MemberMutualityPublic(
-        **asdict(result.figures),
+        **_flat(result.figures),
         as_of_seq=window.to_seq,
         window=WindowPublic(since=since, until=until),
-        with_partners=[PartnerPublic(**asdict(p)) for p in result.partners],
+        with_partners=[PartnerPublic(**_flat(p)) for p in result.partners],
     )
