@@ -14,8 +14,10 @@ from fastapi.testclient import TestClient
 
 from protocoop.auth.roles import Role
 from protocoop.db import Database
-from tests.support.api import Api, create_community, create_member, make_key
-from tests.support.ledger import C, posted
+from protocoop.ui.router import STATEMENT_LINES
+from protocoop.ui.service import BUCKETS, bucket
+from tests.support.api import Api, create_community, create_member, every_item, make_key
+from tests.support.ledger import BATCH, C, exchange, posted
 
 OVERVIEW = "/ui/communities/riverside"
 
@@ -270,6 +272,71 @@ def test_a_members_statement_closes_at_the_apis_balance(
     assert text_of(page, "member-balance") == f"{balance} HOUR"
     assert 'href="/ui/communities/riverside/members/alice"' in page  # a partner
     assert client.get(f"{OVERVIEW}/members/nobody").status_code == 404
+
+
+def test_the_histogram_counts_each_members_balance_in_the_bucket_of_its_limits(
+    app: Any, api: Api, keys: dict[str, str]
+) -> None:
+    create_member(api, "riverside", "dana", upper_limit=100)
+    create_member(api, "riverside", "erin", upper_limit=100)
+    create_member(api, "riverside", "frank", lower_limit=-40)
+    create_member(api, "riverside", "gus")  # never trades: zero
+    posted(api, "dana", "alice", 100)  # at both limits
+    posted(api, "erin", "bob", 25)  # a quarter of each
+    posted(api, "frank", "carol", 10)
+    posted(api, "carol", "frank", 40)
+    client = signed_in(app, keys["treasurer"])
+
+    page = client.get(OVERVIEW).text
+
+    shown = re.findall(
+        r'<tr><td>\d+</td><th scope="row">([^<]+)</th><td class="num">(\d+)</td></tr>', page
+    )
+    members = [b for b in api.get(f"{C}/balances").json()["items"] if b["kind"] == "member"]
+    expected = dict.fromkeys(BUCKETS, 0)
+    for m in members:
+        expected[bucket(m["balance"], m["lower_limit"], m["upper_limit"])] += 1
+    assert [(html.unescape(name), int(count)) for name, count in shown] == list(expected.items())
+    assert expected["75 to 100 % of the ceiling"] == 1  # dana, 100 of 100
+    assert expected["75 to 100 % of the floor"] == 2  # alice at -100 of -100, frank -30 of -40
+    assert expected["25 to 50 % of the floor"] == expected["25 to 50 % of the ceiling"] == 1
+    assert expected["zero"] == 1  # gus (the fund, @commons, is not a member)
+    assert sum(expected.values()) == len(members) == 7
+
+
+def test_a_long_statement_shows_its_newest_lines_and_closes_at_the_apis_balance(
+    app: Any, api: Api, keys: dict[str, str]
+) -> None:
+    items = []
+    for n in range(STATEMENT_LINES + 5):
+        amount = 1 + n // 2 % 4  # bob: 1, 0, 2, 0, 3, ...
+        items.append(
+            exchange("alice", "bob", amount) if n % 2 else exchange("bob", "alice", amount)
+        )
+        if n % 20 == 0:
+            items.append(exchange("carol", "alice", 1))  # not bob's: his lines skip its seq
+    response = api.as_(keys["app"]).post(BATCH, json={"exchanges": items})
+    assert response.status_code == 201, response.text
+    client = signed_in(app, keys["treasurer"])
+
+    page = client.get(f"{OVERVIEW}/members/bob").text
+
+    statement = every_item(api.get, f"{C}/members/bob/statement")
+    newest = statement[::-1][:STATEMENT_LINES]
+    rows = re.findall(
+        r'/exchanges/[0-9a-f-]{36}">(\d+)</a></td>.*?<td class="num">(-?\d+) HOUR</td>\s*</tr>',
+        page,
+        re.S,
+    )
+    assert [(int(seq), int(after)) for seq, after in rows] == [
+        (line["seq"], line["balance_after"]) for line in newest
+    ]
+    balance = api.get(f"{C}/members/bob/balance").json()["balance"]
+    assert text_of(page, "closing-balance") == f"{balance} HOUR"
+    assert newest[0]["balance_after"] == balance
+    opening = newest[-1]["balance_after"] - newest[-1]["amount"]
+    assert f"opening balance {opening} HOUR before #{newest[-1]['seq']}." in page
+    assert f"the last {STATEMENT_LINES} entries" in page
 
 
 def test_exchanges_are_filtered_and_each_shows_its_entries_and_hash(

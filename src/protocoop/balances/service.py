@@ -279,16 +279,9 @@ def statement(
     )
 
 
-def statement_lines(
-    session: Session,
-    community_id: str,
-    account_id: str,
-    after_seq: int,
-    to_seq: int,
-    limit: int | None = None,
-) -> Iterator[StatementLine]:
-    """The account's entries with `after_seq < seq <= to_seq`, in order."""
-    query = (
+def _lines_query(community_id: str, account_id: str) -> Select[Any]:
+    """The account's entries, each with its exchange's time, description and sides."""
+    return (
         select(
             _e.c.seq,
             _e.c.exchange_id,
@@ -300,27 +293,59 @@ def statement_lines(
             _x.c.receiver,
         )
         .join(_x, and_(_x.c.community_id == _e.c.community_id, _x.c.id == _e.c.exchange_id))
-        .where(
-            _e.c.community_id == community_id,
-            _e.c.account_id == account_id,
-            _e.c.seq > after_seq,
-            _e.c.seq <= to_seq,
-        )
+        .where(_e.c.community_id == community_id, _e.c.account_id == account_id)
+    )
+
+
+def _line(account_id: str, row: Any) -> StatementLine:
+    return StatementLine(
+        seq=row.seq,
+        exchange_id=row.exchange_id,
+        created_at=row.created_at,
+        counterparty=_counterparty(account_id, row),
+        description=row.description,
+        amount=row.amount,
+        balance_after=row.balance_after,
+    )
+
+
+def statement_lines(
+    session: Session,
+    community_id: str,
+    account_id: str,
+    after_seq: int,
+    to_seq: int,
+    limit: int | None = None,
+) -> Iterator[StatementLine]:
+    """The account's entries with `after_seq < seq <= to_seq`, in order."""
+    query = (
+        _lines_query(community_id, account_id)
+        .where(_e.c.seq > after_seq, _e.c.seq <= to_seq)
         .order_by(_e.c.seq)
         .execution_options(yield_per=1000)
     )
     if limit is not None:
         query = query.limit(limit)
     for row in session.execute(query):
-        yield StatementLine(
-            seq=row.seq,
-            exchange_id=row.exchange_id,
-            created_at=row.created_at,
-            counterparty=_counterparty(account_id, row),
-            description=row.description,
-            amount=row.amount,
-            balance_after=row.balance_after,
-        )
+        yield _line(account_id, row)
+
+
+def latest_statement_lines(
+    session: Session, community_id: str, account_id: str, to_seq: int, limit: int
+) -> list[StatementLine]:
+    """The account's last `limit` entries with `seq <= to_seq`, newest first.
+
+    The `(community_id, account_id, seq)` index read backwards from `to_seq`, stopping after
+    `limit` rows: the cost is the same however long the account's history (reading the whole
+    statement to keep its tail grows with it). Each line's running balance is its entry's
+    `balance_after`, so nothing before the first line returned needs reading."""
+    query = (
+        _lines_query(community_id, account_id)
+        .where(_e.c.seq <= to_seq)
+        .order_by(_e.c.seq.desc())
+        .limit(limit)
+    )
+    return [_line(account_id, row) for row in session.execute(query)]
 
 
 def _counterparty(account_id: str, row: Any) -> str:

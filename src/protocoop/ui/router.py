@@ -279,7 +279,7 @@ def overview(
             session, community_id, _midnight(since_day), _midnight(until_day)
         )
         months = service.monthly(session, community_id, utc_now())
-        histogram = service.balance_histogram(service.member_rows(session, community_id))
+        histogram = service.balance_histogram(session, community_id)
         labels = [m.label for m in months]
         return _page(
             request,
@@ -416,18 +416,19 @@ def member(request: Request, community_id: str, member_id: str) -> Response:
 
     def render(session: Session, viewer: Viewer) -> Response:
         unit = _community(session, viewer, community_id)
-        head = balances.head_seq(session, community_id)
-        balances.require_account(session, community_id, member_id)
-        lines = list(balances.statement_lines(session, community_id, member_id, 0, head, None))[
-            -STATEMENT_LINES:
-        ]
-        opening = (
-            balances.balance_at(session, community_id, member_id, lines[0].seq - 1) if lines else 0
-        )
-        closing = balances.balance_at(session, community_id, member_id, head)
+        # An unknown member is NotFound here: the 404 page, with no existence check of its own.
         figures = mutuality.member_mutuality_document(session, community_id, member_id, None, None)
+        # The balance now, and the head it is read at (one statement): the closing balance, and
+        # where the statement ends.
         balance = balances.member_balance(session, community_id, member_id)
-        points = [(line.seq, line.balance_after) for line in lines]
+        closing = balance.balance
+        # Newest first, as the statement shows them; the chart runs oldest first.
+        lines = balances.latest_statement_lines(
+            session, community_id, member_id, balance.as_of_seq, STATEMENT_LINES
+        )
+        # The balance just before the oldest line shown: that line's balance less its change.
+        opening = lines[-1].balance_after - lines[-1].amount if lines else 0
+        points = [(line.seq, line.balance_after) for line in reversed(lines)]
         return _page(
             request,
             "member.html",
@@ -435,7 +436,8 @@ def member(request: Request, community_id: str, member_id: str) -> Response:
             community=community_id,
             unit=unit,
             member=member_id,
-            lines=list(reversed(lines)),
+            lines=lines,
+            statement_limit=STATEMENT_LINES,
             opening=opening,
             closing=closing,
             balance=balance,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import and_, select
+from sqlalchemy import Case, ColumnElement, Double, and_, case, cast, func, select
 from sqlalchemy.orm import Session
 
 from protocoop.balances.service import head_seq, statement_window
@@ -197,6 +197,7 @@ lower limit), credits against the ceiling (the upper limit, when there is one)."
 
 
 def bucket(balance: int, lower_limit: int, upper_limit: int | None) -> str:
+    """The bucket of one balance: the definition `_bucket_column` computes in SQL."""
     if balance == 0:
         return "zero"
     if balance < 0:
@@ -210,9 +211,54 @@ def bucket(balance: int, lower_limit: int, upper_limit: int | None) -> str:
     return BUCKETS[6 + min(3, int(balance / upper_limit * 4))]
 
 
-def balance_histogram(rows: list[MemberRow]) -> list[tuple[str, int]]:
-    """How many members are in each of `BUCKETS`."""
+def _quarters(share: ColumnElement[Any], buckets: tuple[str, str, str, str]) -> Case[str]:
+    """`buckets[min(3, int(share))]` for a `share` from 0 to 4."""
+    return case(
+        (share >= 3, buckets[3]),
+        (share >= 2, buckets[2]),
+        (share >= 1, buckets[1]),
+        else_=buckets[0],
+    )
+
+
+def _bucket_column() -> Case[str]:
+    """`bucket` of each account row, in SQL.
+
+    The shares are the same floating-point quotients as `bucket`'s (`balance / limit * 4`, in
+    doubles), so the two agree on every balance and limit within 2**53 minor units. Each share is
+    only computed in the branch that knows its limit is not zero (the CASE's order)."""
+    balance = cast(Account.balance, Double)
+    lower = cast(Account.lower_limit, Double)
+    upper = cast(Account.upper_limit, Double)
+    floor_buckets = (BUCKETS[4], BUCKETS[3], BUCKETS[2], BUCKETS[1])
+    return case(
+        (Account.balance == 0, "zero"),
+        (Account.balance < Account.lower_limit, "over the floor"),
+        (Account.balance < 0, _quarters(balance / lower * 4, floor_buckets)),
+        (Account.upper_limit.is_(None), "credit, no ceiling"),
+        (Account.balance > Account.upper_limit, "over the ceiling"),
+        else_=_quarters(balance / upper * 4, (BUCKETS[6], BUCKETS[7], BUCKETS[8], BUCKETS[9])),
+    )
+
+
+def balance_histogram(session: Session, community_id: str) -> list[tuple[str, int]]:
+    """How many members are in each of `BUCKETS`, by their balance now.
+
+    Counted in SQL, one row per bucket: the overview already reads every member for the
+    mutuality report, and a second row per member only to count them would double its cost. (The
+    report's own rows cannot stand in: they carry no limits, and with a window their balances
+    are the window's end, not now.)"""
+    buckets = (
+        select(_bucket_column().label("bucket"))
+        .join(Member, and_(Member.community_id == Account.community_id, Member.id == Account.id))
+        .where(Account.community_id == community_id)
+        .subquery("buckets")
+    )
+    # Grouped by the subquery's column: grouping by the CASE itself would repeat its bound
+    # parameters, which PostgreSQL does not take for the same expression.
     counts = dict.fromkeys(BUCKETS, 0)
-    for row in rows:
-        counts[bucket(row.balance, row.lower_limit, row.upper_limit)] += 1
+    for name, count in session.execute(
+        select(buckets.c.bucket, func.count()).group_by(buckets.c.bucket)
+    ):
+        counts[name] = int(count)
     return list(counts.items())
