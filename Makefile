@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.installed-serve
 DEV_STAMP   := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck fuzz bench soak clean
+.PHONY: run test lint typecheck client fuzz bench soak clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "protocoop needs Python 3.11 or newer"'
@@ -46,12 +46,17 @@ fuzz: $(DEV_STAMP)
 
 ## make lint: ruff, and the import contracts of docs/architecture.md (lint-imports)
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check src tests bench migrations
-	$(BIN)/ruff format --check src tests bench migrations
+	$(BIN)/ruff check src tests bench migrations examples scripts
+	$(BIN)/ruff format --check src tests bench migrations examples scripts
 	$(BIN)/lint-imports
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
+
+## make client: regenerate the synchronous client (src/protocoop/client/_sync/) from the
+## asynchronous one, which is the one to edit (scripts/unasync_client.py; a test checks it is current)
+client: $(DEV_STAMP)
+	$(BIN)/python scripts/unasync_client.py
 
 ## make bench: the benchmark suite, every row of issue 12's table against the same run's ceilings
 ## (needs wrk and pgbench, and initdb for the production-like PostgreSQL; an hour or more; never in
