@@ -459,3 +459,16 @@ def test_the_example_app_records_each_session_once_and_notes_each_event_once(
         assert reopened.notes()[-2:] == ["exchange.completed: Gardening", "exchange.completed: Tea"]
         reopened.close()
         assert [x.description for x in app.exchanges.list(coop.id)] == ["Gardening", "Tea"]
+
+
+def test_the_readmes_python_walk_runs_as_written(
+    server: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    walk = readme.split("### The same walk from Python", 1)[1].split("```python\n", 1)[1]
+    code = walk.split("```", 1)[0].replace("http://127.0.0.1:8000", server.base_url)
+    exec(compile(code, "README.md", "exec"), {"token": server.admin_token})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "-200"
+    assert printed[1].endswith("alice -200 -200")
+    assert printed[-2:] == ["bob lower -2000", "True"]
