@@ -72,11 +72,11 @@ def _community(community: str) -> str:
 class Client:
     """A client of one protocoop server under one API key.
 
-    `AsyncClient("https://ledger.example.org", token)`; use it as an async context manager, or
-    call `aclose()`. Every POST carries an Idempotency-Key (pass `idempotency_key=` to choose it)
-    and is retried under the same key after a transport error, a `503`, a `409
-    request_in_progress` or a `429`, for at most `retry.total_s` seconds; reads are retried the
-    same way. See `RetryPolicy`.
+    Give it the server's address and an API key's token, and close it when done: use it in a
+    `with` block (`async with` for the asynchronous client). Every POST carries an
+    Idempotency-Key (pass `idempotency_key=` to choose it) and is retried under the same key
+    after a transport error, a `503`, a `409 request_in_progress` or a `429`, for at most
+    `retry.total_s` seconds; reads are retried the same way. See `RetryPolicy`.
     """
 
     def __init__(
