@@ -481,14 +481,24 @@ def _links_mirrored(session: Session, community_id: str) -> list[AuditProblem]:
             exchange_id=orphan.id,
             seq=orphan.seq,
         )
-    # A clearing account moves only through intertrades.
-    strays = session.execute(
-        select(_x.c.id, _x.c.seq).where(
-            _x.c.community_id == community_id,
-            _x.c.intertrade_id.is_(None),
-            or_(_x.c.provider.like("@link:%"), _x.c.receiver.like("@link:%")),
-        )
-    ).all()
+    # A clearing account moves only through intertrades. An exchange's provider and receiver
+    # are accounts of its community (foreign keys, which tampering with the append-only triggers
+    # leaves in force), so without a clearing account there is no such exchange to look for: the
+    # scan of every exchange this needs was a fifth of the mutuality report's time.
+    clearing = session.execute(
+        select(_a.c.id).where(_a.c.community_id == community_id, _a.c.id.like("@link:%")).limit(1)
+    ).first()
+    strays = (
+        session.execute(
+            select(_x.c.id, _x.c.seq).where(
+                _x.c.community_id == community_id,
+                _x.c.intertrade_id.is_(None),
+                or_(_x.c.provider.like("@link:%"), _x.c.receiver.like("@link:%")),
+            )
+        ).all()
+        if clearing is not None
+        else []
+    )
     for stray in strays:
         problem(
             "clearing_outside_intertrade",
