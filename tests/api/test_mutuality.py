@@ -22,6 +22,7 @@ from protocoop.auth.roles import Role
 from protocoop.clock import ManualClock, rfc3339, use_clock
 from protocoop.db import Database
 from protocoop.mutuality import figures as figures_module
+from protocoop.mutuality.service import community_mutuality, community_mutuality_summary
 from tests.support.api import Api, create_community, create_member, make_key
 from tests.support.databases import tampering
 from tests.support.ledger import (
@@ -561,3 +562,54 @@ def test_a_tampered_balance_breaks_the_zero_sum(
     assert shown["holds"] is False
     assert shown["zero_sum"] == {"ok": False, "sum": 1}
     assert balances(api)["alice"] == 11
+
+
+# --- the dashboard's summary of the report ------------------------------------------------------
+
+
+def summary_and_report(
+    db: Database, since: datetime | None = None, until: datetime | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The summary the dashboard's overview shows, and the report's own figures for it."""
+    with db.read() as session:
+        summary = community_mutuality_summary(session, "riverside", since, until)
+        full = community_mutuality(session, "riverside", since, until)
+    shown = full.model_dump(mode="json", exclude={"members", "pairs", "policy"})
+    return summary.model_dump(mode="json"), shown
+
+
+def test_the_summary_is_the_reports_verdict_indicators_and_warnings(
+    api: Api, db: Database, keys: dict[str, str], dormant_history: dict[str, datetime]
+) -> None:
+    # Beside dormant alice and bob: a hoarder and a debtor near their limits, a one-way member,
+    # and a reversed mistake (left out of the figures).
+    create_member(api, "riverside", "hoarder", upper_limit=100)
+    create_member(api, "riverside", "debtor", lower_limit=-100)
+    posted(api, "hoarder", "debtor", 95)
+    for _ in range(3):
+        posted(api, "carol", "dave", 7)
+    mistake = posted(api, "dave", "carol", 20)
+    assert reverse(api.as_(keys["treasurer"]), mistake["id"]).status_code == 201
+    recent = datetime.now(UTC) - timedelta(days=1)
+
+    for since, until in ((None, None), (recent, None), (None, recent)):
+        summary, report_figures = summary_and_report(db, since, until)
+        assert summary == report_figures
+    summary, _ = summary_and_report(db)
+    assert {w["code"] for w in summary["warnings"]} == {
+        "near_lower_limit",
+        "near_upper_limit",
+        "one_way_member",
+        "dormant_with_balance",
+    }
+
+    # A broken ledger too: the same problems, the same verdict.
+    with db.engine.begin() as connection:
+        connection.execute(text("UPDATE accounts SET balance = balance + 1 WHERE id = 'alice'"))
+    summary, report_figures = summary_and_report(db)
+    assert summary == report_figures
+    assert (summary["holds"], summary["integrity"]["ok"], summary["zero_sum"]["ok"]) == (
+        False,
+        False,
+        False,
+    )

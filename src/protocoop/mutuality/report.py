@@ -22,7 +22,7 @@ Definitions, for a window of time:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -191,11 +191,20 @@ def mutuality_index(members: Sequence[MemberFigures], volume: int) -> float | No
     net change counts too: every counted unit one account gives another receives, so the fund's
     net is what the members' nets leave over. (Without it, the fund handing out credit one way
     would read as perfectly reciprocal.)"""
+    return index_of_nets([m.given - m.received for m in members], volume)
+
+
+def index_of_nets(nets: Iterable[int], volume: int) -> float | None:
+    """`mutuality_index` from the members' net changes (given - received) alone: what a caller
+    that has only the flows needs, without a `MemberFigures` per member."""
     if volume == 0:
         return None
-    nets = [m.given - m.received for m in members]
-    one_way = sum(max(0, net) for net in nets) + max(0, -sum(nets))
-    return 1 - one_way / volume
+    one_way = total = 0
+    for net in nets:
+        total += net
+        if net > 0:
+            one_way += net
+    return 1 - (one_way + max(0, -total)) / volume
 
 
 def is_outside(m: MemberFigures) -> bool:
@@ -226,6 +235,99 @@ def is_dormant(m: MemberFigures, as_of: datetime, days: int) -> bool:
     return m.last_exchange_at is None or m.last_exchange_at < as_of - timedelta(days=days)
 
 
+@dataclass(frozen=True, slots=True)
+class MutualitySummary:
+    """The report without its per-member rows and pairs: the verdict, the limits, the indicators
+    and the warnings, which is all the dashboard's overview shows."""
+
+    holds: bool
+    integrity_ok: bool
+    integrity_problems: tuple[str, ...]
+    zero_sum_ok: bool
+    balance_sum: int
+    outside: tuple[LimitPosition, ...]
+    near_lower: tuple[LimitPosition, ...]
+    near_upper: tuple[LimitPosition, ...]
+    indicators: Indicators
+    warnings: tuple[Warning, ...]
+
+
+def mutuality_summary(
+    members: Sequence[MemberFigures], ledger: LedgerFigures, policy: Policy, as_of: datetime
+) -> MutualitySummary:
+    """The verdict, limits, indicators and warnings of `mutuality_report`, which is this plus a
+    row per member and the pairs (so the two never disagree)."""
+    outside: list[LimitPosition] = []
+    near_lower: list[LimitPosition] = []
+    near_upper: list[LimitPosition] = []
+    one_way: list[Warning] = []
+    dormant: list[MemberFigures] = []
+    threshold = policy.reciprocity_threshold
+    for m in members:
+        if is_outside(m):
+            outside.append(_position(m))
+        else:
+            if is_near_lower(m, policy.near_limit_ratio):
+                near_lower.append(_position(m))
+            if is_near_upper(m, policy.near_limit_ratio):
+                near_upper.append(_position(m))
+        value = reciprocity(m.given, m.received)
+        if value is not None and value < threshold and m.exchanges >= ONE_WAY_MIN_EXCHANGES:
+            one_way.append(
+                Warning(
+                    "one_way_member",
+                    f"reciprocity {value:.2f} over {m.exchanges} exchanges "
+                    f"(given {m.given}, received {m.received})",
+                    m.member,
+                )
+            )
+        if m.balance != 0 and is_dormant(m, as_of, policy.dormant_after_days):
+            dormant.append(m)
+
+    warnings: list[Warning] = []
+    warnings += [
+        Warning("near_lower_limit", f"balance {p.balance}, lower limit {p.lower_limit}", p.member)
+        for p in near_lower
+    ]
+    warnings += [
+        Warning("near_upper_limit", f"balance {p.balance}, upper limit {p.upper_limit}", p.member)
+        for p in near_upper
+    ]
+    warnings += one_way
+    warnings += [
+        Warning(
+            "dormant_with_balance",
+            f"balance {m.balance}, no exchange in {policy.dormant_after_days} days",
+            m.member,
+        )
+        for m in dormant
+    ]
+    indicators = Indicators(
+        volume=ledger.volume,
+        exchanges=ledger.exchanges,
+        active_members=sum(1 for m in members if m.exchanges > 0),
+        members=len(members),
+        outstanding_credit=ledger.outstanding_credit,
+        velocity=(ledger.volume / ledger.outstanding_credit if ledger.outstanding_credit else None),
+        mutuality_index=mutuality_index(members, ledger.volume),
+        dormant_with_balance=len(dormant),
+    )
+    integrity_ok = not ledger.integrity_problems
+    zero_sum_ok = ledger.balance_sum == 0
+    return MutualitySummary(
+        holds=integrity_ok and zero_sum_ok and not outside,
+        integrity_ok=integrity_ok,
+        integrity_problems=ledger.integrity_problems,
+        zero_sum_ok=zero_sum_ok,
+        balance_sum=ledger.balance_sum,
+        outside=tuple(outside),
+        near_lower=tuple(near_lower),
+        near_upper=tuple(near_upper),
+        indicators=indicators,
+        warnings=tuple(warnings),
+    )
+
+
 def mutuality_report(
     members: Sequence[MemberFigures],
     pairs: Sequence[PairFigures],
@@ -233,7 +335,9 @@ def mutuality_report(
     policy: Policy,
     as_of: datetime,
 ) -> MutualityReport:
-    """The mutuality report for one community and window."""
+    """The mutuality report for one community and window: its summary, a row per member, and
+    the most imbalanced pairs."""
+    summary = mutuality_summary(members, ledger, policy, as_of)
     rows = tuple(
         MemberReciprocity(
             member=m.member,
@@ -247,81 +351,23 @@ def mutuality_report(
         )
         for m in members
     )
-    position = {m.member: _position(m) for m in members}
-    outside = tuple(position[m.member] for m in members if is_outside(m))
-    near_lower = tuple(
-        position[m.member]
-        for m in members
-        if not is_outside(m) and is_near_lower(m, policy.near_limit_ratio)
-    )
-    near_upper = tuple(
-        position[m.member]
-        for m in members
-        if not is_outside(m) and is_near_upper(m, policy.near_limit_ratio)
-    )
-    dormant = [
-        m for m in members if m.balance != 0 and is_dormant(m, as_of, policy.dormant_after_days)
-    ]
-
-    warnings: list[Warning] = []
-    warnings += [
-        Warning("near_lower_limit", f"balance {p.balance}, lower limit {p.lower_limit}", p.member)
-        for p in near_lower
-    ]
-    warnings += [
-        Warning("near_upper_limit", f"balance {p.balance}, upper limit {p.upper_limit}", p.member)
-        for p in near_upper
-    ]
-    warnings += [
-        Warning(
-            "one_way_member",
-            f"reciprocity {r.reciprocity:.2f} over {r.exchanges} exchanges "
-            f"(given {r.given}, received {r.received})",
-            r.member,
-        )
-        for r in rows
-        if r.reciprocity is not None
-        and r.reciprocity < policy.reciprocity_threshold
-        and r.exchanges >= ONE_WAY_MIN_EXCHANGES
-    ]
-    warnings += [
-        Warning(
-            "dormant_with_balance",
-            f"balance {m.balance}, no exchange in {policy.dormant_after_days} days",
-            m.member,
-        )
-        for m in dormant
-    ]
-
     shown_pairs = sorted(
         (Pair(p.a, p.b, p.a_to_b, p.b_to_a, p.a_to_b - p.b_to_a) for p in pairs),
         key=lambda p: (-abs(p.net), p.a, p.b),
     )[:PAIRS_SHOWN]
-    indicators = Indicators(
-        volume=ledger.volume,
-        exchanges=ledger.exchanges,
-        active_members=sum(1 for m in members if m.exchanges > 0),
-        members=len(members),
-        outstanding_credit=ledger.outstanding_credit,
-        velocity=(ledger.volume / ledger.outstanding_credit if ledger.outstanding_credit else None),
-        mutuality_index=mutuality_index(members, ledger.volume),
-        dormant_with_balance=len(dormant),
-    )
-    integrity_ok = not ledger.integrity_problems
-    zero_sum_ok = ledger.balance_sum == 0
     return MutualityReport(
-        holds=integrity_ok and zero_sum_ok and not outside,
-        integrity_ok=integrity_ok,
-        integrity_problems=ledger.integrity_problems,
-        zero_sum_ok=zero_sum_ok,
-        balance_sum=ledger.balance_sum,
-        outside=outside,
-        near_lower=near_lower,
-        near_upper=near_upper,
-        indicators=indicators,
+        holds=summary.holds,
+        integrity_ok=summary.integrity_ok,
+        integrity_problems=summary.integrity_problems,
+        zero_sum_ok=summary.zero_sum_ok,
+        balance_sum=summary.balance_sum,
+        outside=summary.outside,
+        near_lower=summary.near_lower,
+        near_upper=summary.near_upper,
+        indicators=summary.indicators,
         members=rows,
         pairs=tuple(shown_pairs),
-        warnings=tuple(warnings),
+        warnings=summary.warnings,
     )
 
 

@@ -143,6 +143,22 @@ class MutualityPublic(ResponseModel):
     warnings: list[WarningPublic]
 
 
+class MutualitySummaryPublic(ResponseModel):
+    """`MutualityPublic` without its members and pairs: the verdict, limits, indicators, links
+    and warnings, as the report gives them (the dashboard's overview)."""
+
+    community: str
+    window: WindowPublic
+    as_of_seq: int
+    holds: bool
+    integrity: IntegrityPublic
+    zero_sum: ZeroSumPublic
+    limits: LimitsPublic
+    indicators: IndicatorsPublic
+    links: list[LinkPositionPublic]
+    warnings: list[WarningPublic]
+
+
 class PartnerPublic(ResponseModel):
     partner: str
     given: int = Field(description="What the member provided to this partner.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from protocoop.balances.service import head_seq, statement_window
 from protocoop.clock import utc_now
 from protocoop.communities.service import get_community, public
+from protocoop.db.models import Community
 from protocoop.errors import NotFound
 from protocoop.links.service import link_figures
 from protocoop.mutuality import figures
@@ -19,12 +20,19 @@ from protocoop.mutuality.audit import audit_community
 from protocoop.mutuality.report import (
     LedgerFigures,
     LinkFigures,
+    LinkPosition,
+    MemberFigures,
+    MutualityReport,
+    MutualitySummary,
     Policy,
+    Warning,
     link_positions,
     member_mutuality,
     mutuality_report,
+    mutuality_summary,
 )
 from protocoop.mutuality.schemas import (
+    AuditReport,
     IndicatorsPublic,
     IntegrityPublic,
     LimitPositionPublic,
@@ -33,6 +41,7 @@ from protocoop.mutuality.schemas import (
     MemberMutualityPublic,
     MemberReciprocityPublic,
     MutualityPublic,
+    MutualitySummaryPublic,
     PairPublic,
     PartnerPublic,
     WarningPublic,
@@ -60,18 +69,28 @@ def _window(
     return figures.Window(community_id, from_seq, to_seq, head_seq(session, community_id))
 
 
-def community_mutuality(
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """What the report and its summary are computed from, read in one snapshot."""
+
+    community: Community
+    policy: Policy
+    window: figures.Window
+    members: list[MemberFigures]
+    ledger: LedgerFigures
+    audit: AuditReport
+    links: tuple[LinkPosition, ...]
+    link_warnings: tuple[Warning, ...]
+
+
+def _read(
     session: Session,
     community_id: str,
     since: datetime | None,
     until: datetime | None,
-    *,
-    full_audit: bool = False,
-) -> MutualityPublic:
-    """The mutuality report (docs/design.md §3) over the exchanges recorded in [since, until).
-
-    Integrity is checked since the last audit checkpoint, or from the first exchange with
-    `full_audit`."""
+    full_audit: bool,
+) -> _Read:
+    """Everything but the pairs, which only the full report shows."""
     community = get_community(session, community_id)
     policy = Policy(
         reciprocity_threshold=community.reciprocity_threshold,
@@ -81,7 +100,6 @@ def community_mutuality(
     window = _window(session, community_id, since, until)
     positions = figures.account_positions(session, window)
     members = figures.member_figures(session, window, positions)
-    pairs = figures.most_imbalanced_pairs(session, window)
     volume, exchanges = figures.totals(session, window)
     audit = audit_community(session, community_id, since_checkpoint=not full_audit)
     links, link_warnings = link_positions(
@@ -98,42 +116,93 @@ def community_mutuality(
         ],
         community.near_limit_ratio,
     )
+    ledger = LedgerFigures(
+        balance_sum=sum(p.balance for p in positions),
+        integrity_problems=tuple(f"{p.code}: {p.detail}" for p in audit.problems),
+        volume=volume,
+        exchanges=exchanges,
+        outstanding_credit=sum(p.balance for p in positions if p.balance > 0),
+    )
+    return _Read(community, policy, window, members, ledger, audit, links, link_warnings)
+
+
+def _integrity(read: _Read, ok: bool) -> IntegrityPublic:
+    return IntegrityPublic(
+        ok=ok,
+        problems=read.audit.problems,
+        verified_from_seq=read.audit.from_seq,
+        checkpoint_at=read.audit.checkpoint_at,
+    )
+
+
+def _limits(report: MutualityReport | MutualitySummary) -> LimitsPublic:
+    return LimitsPublic(
+        outside=[LimitPositionPublic(**_flat(p)) for p in report.outside],
+        near_lower=[LimitPositionPublic(**_flat(p)) for p in report.near_lower],
+        near_upper=[LimitPositionPublic(**_flat(p)) for p in report.near_upper],
+    )
+
+
+def _warnings(read: _Read, report: MutualityReport | MutualitySummary) -> list[WarningPublic]:
+    return [WarningPublic(**_flat(w)) for w in (*report.warnings, *read.link_warnings)]
+
+
+def community_mutuality(
+    session: Session,
+    community_id: str,
+    since: datetime | None,
+    until: datetime | None,
+    *,
+    full_audit: bool = False,
+) -> MutualityPublic:
+    """The mutuality report (docs/design.md §3) over the exchanges recorded in [since, until).
+
+    Integrity is checked since the last audit checkpoint, or from the first exchange with
+    `full_audit`."""
+    read = _read(session, community_id, since, until, full_audit)
     report = mutuality_report(
-        members,
-        pairs,
-        LedgerFigures(
-            balance_sum=sum(p.balance for p in positions),
-            integrity_problems=tuple(f"{p.code}: {p.detail}" for p in audit.problems),
-            volume=volume,
-            exchanges=exchanges,
-            outstanding_credit=sum(p.balance for p in positions if p.balance > 0),
-        ),
-        policy,
+        read.members,
+        figures.most_imbalanced_pairs(session, read.window),
+        read.ledger,
+        read.policy,
         as_of=until or utc_now(),
     )
     return MutualityPublic(
         community=community_id,
         window=WindowPublic(since=since, until=until),
-        as_of_seq=window.to_seq,
+        as_of_seq=read.window.to_seq,
         holds=report.holds,
-        policy=public(community).policy,
-        integrity=IntegrityPublic(
-            ok=report.integrity_ok,
-            problems=audit.problems,
-            verified_from_seq=audit.from_seq,
-            checkpoint_at=audit.checkpoint_at,
-        ),
+        policy=public(read.community).policy,
+        integrity=_integrity(read, report.integrity_ok),
         zero_sum=ZeroSumPublic(ok=report.zero_sum_ok, sum=report.balance_sum),
-        limits=LimitsPublic(
-            outside=[LimitPositionPublic(**_flat(p)) for p in report.outside],
-            near_lower=[LimitPositionPublic(**_flat(p)) for p in report.near_lower],
-            near_upper=[LimitPositionPublic(**_flat(p)) for p in report.near_upper],
-        ),
+        limits=_limits(report),
         indicators=IndicatorsPublic(**_flat(report.indicators)),
         members=[MemberReciprocityPublic(**_flat(m)) for m in report.members],
         pairs=[PairPublic(**_flat(p)) for p in report.pairs],
-        links=[LinkPositionPublic(**_flat(p)) for p in links],
-        warnings=[WarningPublic(**_flat(w)) for w in (*report.warnings, *link_warnings)],
+        links=[LinkPositionPublic(**_flat(p)) for p in read.links],
+        warnings=_warnings(read, report),
+    )
+
+
+def community_mutuality_summary(
+    session: Session, community_id: str, since: datetime | None, until: datetime | None
+) -> MutualitySummaryPublic:
+    """The report's verdict, limits, indicators, links and warnings, as `community_mutuality`
+    answers them, without a document per member or the pairs: the dashboard's overview shows
+    only these, and for 10,000 members the rows cost more than everything else it shows."""
+    read = _read(session, community_id, since, until, full_audit=False)
+    summary = mutuality_summary(read.members, read.ledger, read.policy, as_of=until or utc_now())
+    return MutualitySummaryPublic(
+        community=community_id,
+        window=WindowPublic(since=since, until=until),
+        as_of_seq=read.window.to_seq,
+        holds=summary.holds,
+        integrity=_integrity(read, summary.integrity_ok),
+        zero_sum=ZeroSumPublic(ok=summary.zero_sum_ok, sum=summary.balance_sum),
+        limits=_limits(summary),
+        indicators=IndicatorsPublic(**_flat(summary.indicators)),
+        links=[LinkPositionPublic(**_flat(p)) for p in read.links],
+        warnings=_warnings(read, summary),
     )
 
 

@@ -275,7 +275,9 @@ def overview(
 
     def render(session: Session, viewer: Viewer) -> Response:
         unit = _community(session, viewer, community_id)
-        report = mutuality.community_mutuality(
+        # The report's summary: the page shows no member rows or pairs, and building them was
+        # most of the page's time on a large community.
+        report = mutuality.community_mutuality_summary(
             session, community_id, _midnight(since_day), _midnight(until_day)
         )
         months = service.monthly(session, community_id, utc_now())

@@ -14,7 +14,7 @@ from protocoop.balances.service import head_seq, statement_window
 from protocoop.communities.service import get_community
 from protocoop.db.models import Account, Community, Member
 from protocoop.mutuality import figures
-from protocoop.mutuality.report import MemberFigures, mutuality_index, reciprocity, standing
+from protocoop.mutuality.report import index_of_nets, reciprocity, standing
 
 SortKey = Literal[
     "member", "balance", "lower_limit", "given", "received", "reciprocity", "last_exchange"
@@ -159,22 +159,27 @@ def _month_start(year: int, month: int) -> datetime:
 
 def monthly(session: Session, community_id: str, now: datetime, months: int = 6) -> list[Month]:
     """Volume, exchanges and mutuality index of each of the last `months` calendar months (UTC),
-    the current one included, oldest first: each month is a window of the mutuality report."""
+    the current one included, oldest first: each month is a window of the mutuality report.
+
+    A month without a ledger position has no exchange, so it is not asked about; the index needs
+    only each member's net, so no `MemberFigures` is built for it."""
     head = head_seq(session, community_id)
     series = []
     for back in range(months - 1, -1, -1):
         start = _month_start(now.year, now.month - back)
         end = _month_start(start.year, start.month + 1)
         from_seq, to_seq = statement_window(session, community_id, start, end)
+        if from_seq == to_seq:
+            series.append(Month(f"{start:%Y-%m}", 0, 0, None))
+            continue
         window = figures.Window(community_id, from_seq, to_seq, head)
         volume, exchanges = figures.totals(session, window)
-        flows = figures.flows_by_member(session, window)
-        members = [
-            MemberFigures(member, given, received, count, partners, 0, 0, None)
-            for member, (given, received, count, partners) in flows.items()
+        nets = (
+            given - received
+            for member, (given, received, _, _) in figures.flows_by_member(session, window).items()
             if not member.startswith("@")
-        ]
-        series.append(Month(f"{start:%Y-%m}", volume, exchanges, mutuality_index(members, volume)))
+        )
+        series.append(Month(f"{start:%Y-%m}", volume, exchanges, index_of_nets(nets, volume)))
     return series
 
 
