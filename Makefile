@@ -31,11 +31,11 @@ run: $(SERVE_STAMP)
 ## every test in parallel (TEST_WORKERS, default 2) except the `exclusive` ones (concurrency, crashes,
 ## faults and timeouts against real servers), which then run one at a time. PYTEST_ARGS narrows
 ## both, e.g. PYTEST_ARGS=tests/api/test_members.py
-## (exit code 5 means that half had nothing to run).
+## (exit code 5 means that half had nothing to run). Each pass ends with its 15 slowest tests.
 TEST_WORKERS ?= 2
 test: $(DEV_STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not exclusive" $(PYTEST_ARGS) || [ $$? -eq 5 ]
-	$(BIN)/python -m pytest -p no:xdist -m exclusive $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not exclusive" --durations=15 $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -p no:xdist -m exclusive --durations=15 $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 ## make fuzz: a long schemathesis pass against a real server, as every role (tests/system/test_fuzz.py);
 ## PostgreSQL too when PROTOCOOP_TEST_POSTGRES_URL is set. FUZZ_EXAMPLES sets examples per operation.
