@@ -97,22 +97,35 @@ def member_rows(session: Session, community_id: str) -> list[MemberRow]:
         .where(Account.community_id == community_id)
         .order_by(Account.id)
     )
+    # Rows unpacked as tuples: reading ten attributes of each of 10,000 rows by name was half
+    # the members page's time.
     return [
         MemberRow(
-            member=row.id,
-            name=row.name,
-            status=row.status,
-            balance=row.balance,
-            lower_limit=row.lower_limit,
-            upper_limit=row.upper_limit,
-            given=row.given,
-            received=row.received,
-            exchanges=row.exchange_count,
-            reciprocity=reciprocity(row.given, row.received),
-            standing=standing(row.given, row.received, threshold),
-            last_exchange_at=_utc(row.last_exchange_at),
+            member=member,
+            name=name,
+            status=status,
+            balance=balance,
+            lower_limit=lower_limit,
+            upper_limit=upper_limit,
+            given=given,
+            received=received,
+            exchanges=exchanges,
+            reciprocity=reciprocity(given, received),
+            standing=standing(given, received, threshold),
+            last_exchange_at=_utc(last_exchange_at),
         )
-        for row in session.execute(query)
+        for (
+            member,
+            name,
+            status,
+            balance,
+            lower_limit,
+            upper_limit,
+            given,
+            received,
+            exchanges,
+            last_exchange_at,
+        ) in session.execute(query)
     ]
 
 
