@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.support.databases import IN_CI
@@ -173,7 +173,19 @@ def follow(driver: WebDriver, element: WebElement, *, submit: bool = False) -> N
         element.submit()
     else:
         element.click()
-    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 15).until(lambda _: _replaced(page))
+
+
+def _replaced(page: WebElement) -> bool:
+    """Whether the page `page` was the root of has been replaced by the next one. Mid-navigation
+    Chrome reports the old root either as stale or as "Node with given id does not belong to the
+    document" (a plain WebDriverException, which selenium's `staleness_of` lets through as an
+    error): both mean it is gone."""
+    try:
+        page.is_enabled()
+    except WebDriverException:  # StaleElementReferenceException is one too
+        return True
+    return False
 
 
 def text(driver: WebDriver, element_id: str) -> str:
