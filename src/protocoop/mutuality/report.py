@@ -23,7 +23,7 @@ Definitions, for a window of time:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Literal
@@ -150,22 +150,6 @@ class Indicators:
     dormant_with_balance: int
 
 
-@dataclass(frozen=True, slots=True)
-class MutualityReport:
-    holds: bool
-    integrity_ok: bool
-    integrity_problems: tuple[str, ...]
-    zero_sum_ok: bool
-    balance_sum: int
-    outside: tuple[LimitPosition, ...]
-    near_lower: tuple[LimitPosition, ...]
-    near_upper: tuple[LimitPosition, ...]
-    indicators: Indicators
-    members: tuple[MemberReciprocity, ...]
-    pairs: tuple[Pair, ...]
-    warnings: tuple[Warning, ...] = field(default=())
-
-
 def reciprocity(given: int, received: int) -> float | None:
     """1 - |given - received| / (given + received); None when both are 0."""
     total = given + received
@@ -250,6 +234,14 @@ class MutualitySummary:
     near_upper: tuple[LimitPosition, ...]
     indicators: Indicators
     warnings: tuple[Warning, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MutualityReport(MutualitySummary):
+    """The summary, with a row per member and the most imbalanced pairs."""
+
+    members: tuple[MemberReciprocity, ...]
+    pairs: tuple[Pair, ...]
 
 
 def mutuality_summary(
@@ -356,18 +348,9 @@ def mutuality_report(
         key=lambda p: (-abs(p.net), p.a, p.b),
     )[:PAIRS_SHOWN]
     return MutualityReport(
-        holds=summary.holds,
-        integrity_ok=summary.integrity_ok,
-        integrity_problems=summary.integrity_problems,
-        zero_sum_ok=summary.zero_sum_ok,
-        balance_sum=summary.balance_sum,
-        outside=summary.outside,
-        near_lower=summary.near_lower,
-        near_upper=summary.near_upper,
-        indicators=summary.indicators,
+        **{f.name: getattr(summary, f.name) for f in fields(MutualitySummary)},
         members=rows,
         pairs=tuple(shown_pairs),
-        warnings=summary.warnings,
     )
 
 

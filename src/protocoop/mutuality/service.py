@@ -22,7 +22,6 @@ from protocoop.mutuality.report import (
     LinkFigures,
     LinkPosition,
     MemberFigures,
-    MutualityReport,
     MutualitySummary,
     Policy,
     Warning,
@@ -135,7 +134,7 @@ def _integrity(read: _Read, ok: bool) -> IntegrityPublic:
     )
 
 
-def _limits(report: MutualityReport | MutualitySummary) -> LimitsPublic:
+def _limits(report: MutualitySummary) -> LimitsPublic:
     return LimitsPublic(
         outside=[LimitPositionPublic(**_flat(p)) for p in report.outside],
         near_lower=[LimitPositionPublic(**_flat(p)) for p in report.near_lower],
@@ -143,8 +142,31 @@ def _limits(report: MutualityReport | MutualitySummary) -> LimitsPublic:
     )
 
 
-def _warnings(read: _Read, report: MutualityReport | MutualitySummary) -> list[WarningPublic]:
+def _warnings(read: _Read, report: MutualitySummary) -> list[WarningPublic]:
     return [WarningPublic(**_flat(w)) for w in (*report.warnings, *read.link_warnings)]
+
+
+def _summary_fields(
+    read: _Read,
+    community_id: str,
+    since: datetime | None,
+    until: datetime | None,
+    summary: MutualitySummary,
+) -> dict[str, Any]:
+    """The fields the report and its summary documents share (each document keeps its own
+    field order when written)."""
+    return {
+        "community": community_id,
+        "window": WindowPublic(since=since, until=until),
+        "as_of_seq": read.window.to_seq,
+        "holds": summary.holds,
+        "integrity": _integrity(read, summary.integrity_ok),
+        "zero_sum": ZeroSumPublic(ok=summary.zero_sum_ok, sum=summary.balance_sum),
+        "limits": _limits(summary),
+        "indicators": IndicatorsPublic(**_flat(summary.indicators)),
+        "links": [LinkPositionPublic(**_flat(p)) for p in read.links],
+        "warnings": _warnings(read, summary),
+    }
 
 
 def community_mutuality(
@@ -168,19 +190,10 @@ def community_mutuality(
         as_of=until or utc_now(),
     )
     return MutualityPublic(
-        community=community_id,
-        window=WindowPublic(since=since, until=until),
-        as_of_seq=read.window.to_seq,
-        holds=report.holds,
+        **_summary_fields(read, community_id, since, until, report),
         policy=public(read.community).policy,
-        integrity=_integrity(read, report.integrity_ok),
-        zero_sum=ZeroSumPublic(ok=report.zero_sum_ok, sum=report.balance_sum),
-        limits=_limits(report),
-        indicators=IndicatorsPublic(**_flat(report.indicators)),
         members=[MemberReciprocityPublic(**_flat(m)) for m in report.members],
         pairs=[PairPublic(**_flat(p)) for p in report.pairs],
-        links=[LinkPositionPublic(**_flat(p)) for p in read.links],
-        warnings=_warnings(read, report),
     )
 
 
@@ -192,18 +205,7 @@ def community_mutuality_summary(
     only these, and for 10,000 members the rows cost more than everything else it shows."""
     read = _read(session, community_id, since, until, full_audit=False)
     summary = mutuality_summary(read.members, read.ledger, read.policy, as_of=until or utc_now())
-    return MutualitySummaryPublic(
-        community=community_id,
-        window=WindowPublic(since=since, until=until),
-        as_of_seq=read.window.to_seq,
-        holds=summary.holds,
-        integrity=_integrity(read, summary.integrity_ok),
-        zero_sum=ZeroSumPublic(ok=summary.zero_sum_ok, sum=summary.balance_sum),
-        limits=_limits(summary),
-        indicators=IndicatorsPublic(**_flat(summary.indicators)),
-        links=[LinkPositionPublic(**_flat(p)) for p in read.links],
-        warnings=_warnings(read, summary),
-    )
+    return MutualitySummaryPublic(**_summary_fields(read, community_id, since, until, summary))
 
 
 def member_mutuality_document(
