@@ -645,10 +645,11 @@ class Keys(_Resource):
         (a retry) answers `ApiKeyPublic`, without it."""
         spec = body(role=role, community=community, label=label)
         answer = self._client.send(post("/v1/api-keys", spec, idempotency_key))
-        created = parsed(answer, ApiKeyPublic)
-        if "token" in answer.json():
-            return ApiKeyCreated.model_validate_json(answer.content)
-        return created
+        ensure_success(answer)
+        document = answer.json()
+        if "token" in document:
+            return ApiKeyCreated.model_validate(document)
+        return ApiKeyPublic.model_validate(document)
 
     def list(self, *, page_size: int = PAGE_SIZE) -> Iterator[ApiKeyPublic]:
         return self._client.items("/v1/api-keys", ApiKeyPublic, query(limit=page_size))
